@@ -1,0 +1,28 @@
+# The two commands of README.md: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_ARGS ?= --workdir runs/demo
+
+.PHONY: demo test bench venv clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/jaxprotect demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --durations=20 tests
+
+bench: $(STAMP)
+	$(PY) -m jaxprotect.bench --quick
+
+clean:
+	rm -rf $(VENV) runs

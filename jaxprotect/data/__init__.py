@@ -1,0 +1,37 @@
+"""Datasets: host-side sources (TFDS, IDX, CIFAR archives, arrays, the embedded slice)
+and the on-device dataset with in-jit gathering and augmentation.
+
+``load(name, data_dir, mesh)`` is the usual entry point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxprotect.data.augment import AugmentConfig, augment_batch
+from jaxprotect.data.device import DeviceDataset, DeviceSplit, batch_from, describe, split_to_device, to_device
+from jaxprotect.data.sources import ArraySplit, HostDataset, fingerprint, load_arrays
+
+DEFAULT_DATASET = "fashion_mnist_mini"
+
+
+def subset(host: HostDataset, n: int) -> HostDataset:
+  """The first ``n`` training examples (ids kept); the test split is unchanged."""
+  if not 0 < n <= len(host.train.labels):
+    raise ValueError(f"train_subset={n} must be in [1, {len(host.train.labels)}] for {host.name!r}")
+  t = host.train
+  train = ArraySplit(images=t.images[:n], labels=t.labels[:n], ids=t.ids[:n])
+  return dataclasses.replace(host, train=train, fingerprint=fingerprint(train, host.test))
+
+
+def load(name: str = DEFAULT_DATASET, data_dir: str | None = None, mesh=None, layout: str = "replicated") -> DeviceDataset:
+  """Loads a dataset by name (see ``load_arrays``) onto ``mesh`` (default: all devices)."""
+  return to_device(load_arrays(name, data_dir), mesh, layout)
+
+
+__all__ = [
+    "ArraySplit", "AugmentConfig", "DEFAULT_DATASET", "DeviceDataset", "DeviceSplit", "HostDataset", "augment_batch",
+    "batch_from", "describe", "fingerprint", "load", "load_arrays", "split_to_device", "subset", "to_device",
+]

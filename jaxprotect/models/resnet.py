@@ -1,0 +1,109 @@
+"""ResNets: the CIFAR ResNet of the unlearnable-examples literature and the ImageNet stem.
+
+``stem="cifar"`` is kuangliu/pytorch-cifar: conv3x3(64)-BN-ReLU, four stages of
+64/128/256/512 (x expansion) channels with strides 1, 2, 2, 2, 1x1 conv + BN projection
+shortcuts where the shape changes, global average pooling, linear. ResNet-18 has
+11,173,962 parameters and ResNet-50 23,520,842 for 10 classes and 3-channel input.
+``stem="imagenet"`` replaces the first conv with conv7x7/2-BN-ReLU-maxpool3x3/2.
+
+Padding is explicit and symmetric (``k // 2`` each side) as in PyTorch, so strided
+convs see the same pixels as the 1x1 strided shortcut.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxprotect.models.common import (
+    batch_norm, check_num_classes, classifier, conv, conv_kaiming_fan_out, global_avg_pool, outputs)
+
+
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None = None) -> nn.Conv:
+  p = kernel // 2
+  return conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)), use_bias=False,
+              dtype=dtype, kernel_init=conv_kaiming_fan_out, name=name)
+
+
+class BasicBlock(nn.Module):
+  """conv3x3-BN-ReLU-conv3x3-BN + shortcut, ReLU. ``B x H x W x Cin -> B x H/s x W/s x planes``."""
+  planes: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    out_ch = self.planes * self.expansion
+    y = _conv(self.planes, 3, self.stride, self.dtype)(x)
+    y = nn.relu(batch_norm(train, self.dtype)(y))
+    y = _conv(self.planes, 3, 1, self.dtype)(y)
+    y = batch_norm(train, self.dtype)(y)
+    if self.stride != 1 or x.shape[-1] != out_ch:
+      x = _conv(out_ch, 1, self.stride, self.dtype, name="shortcut_conv")(x)
+      x = batch_norm(train, self.dtype, name="shortcut_bn")(x)
+    return nn.relu(y + x)
+
+
+class Bottleneck(nn.Module):
+  """1x1-BN-ReLU, 3x3/s-BN-ReLU, 1x1(4x)-BN + shortcut, ReLU. Output has ``4 * planes`` channels."""
+  planes: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    out_ch = self.planes * self.expansion
+    y = _conv(self.planes, 1, 1, self.dtype)(x)
+    y = nn.relu(batch_norm(train, self.dtype)(y))
+    y = _conv(self.planes, 3, self.stride, self.dtype)(y)
+    y = nn.relu(batch_norm(train, self.dtype)(y))
+    y = _conv(out_ch, 1, 1, self.dtype)(y)
+    y = batch_norm(train, self.dtype)(y)
+    if self.stride != 1 or x.shape[-1] != out_ch:
+      x = _conv(out_ch, 1, self.stride, self.dtype, name="shortcut_conv")(x)
+      x = batch_norm(train, self.dtype, name="shortcut_bn")(x)
+    return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+  """ResNet classifier.
+
+  ``__call__(x_BxHxWxC, train) -> (logits_BxK, feats_BxD)`` with ``D = 8 * width * expansion``
+  (512 for ResNet-18/34, 2048 for ResNet-50 at ``width=64``); size-agnostic through global
+  average pooling.
+  """
+  num_classes: int
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  block: str = "basic"  # "basic" | "bottleneck"
+  width: int = 64
+  stem: str = "cifar"  # "cifar" | "imagenet"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    check_num_classes(self.num_classes)
+    block_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}.get(self.block)
+    if block_cls is None:
+      raise ValueError(f"unknown block {self.block!r}; expected 'basic' or 'bottleneck'")
+    x = x.astype(self.dtype)
+    if self.stem == "cifar":
+      x = _conv(self.width, 3, 1, self.dtype, name="stem_conv")(x)
+      x = nn.relu(batch_norm(train, self.dtype, name="stem_bn")(x))
+    elif self.stem == "imagenet":
+      x = _conv(self.width, 7, 2, self.dtype, name="stem_conv")(x)
+      x = nn.relu(batch_norm(train, self.dtype, name="stem_bn")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    else:
+      raise ValueError(f"unknown stem {self.stem!r}; expected 'cifar' or 'imagenet'")
+    for i, n_blocks in enumerate(self.stage_sizes):
+      for j in range(n_blocks):
+        stride = 2 if (i > 0 and j == 0) else 1
+        x = block_cls(self.width * 2**i, stride, self.dtype, name=f"stage{i + 1}_block{j + 1}")(x, train)
+    feats = global_avg_pool(x)
+    logits = classifier(self.num_classes, self.dtype)(feats)
+    return outputs(logits, feats)

@@ -1,0 +1,124 @@
+"""Device mesh, shardings and multi-host set-up.
+
+All of jaxprotect runs data parallel over a one-axis mesh named ``data``: batches and
+per-example arrays are split along it, parameters are replicated. ``jax.jit`` with
+these shardings runs the same program on one device, eight GPUs or a TPU pod slice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+_DISTRIBUTED_ENV = (
+    "JAX_COORDINATOR_ADDRESS",  # explicit jax.distributed set-up
+    "SLURM_NTASKS",  # SLURM launcher (jax auto-detects the rest)
+    "OMPI_COMM_WORLD_SIZE",  # Open MPI launcher
+    "TPU_WORKER_HOSTNAMES",  # Cloud TPU VM pod slice
+)
+
+
+def maybe_initialize_distributed() -> bool:
+  """Calls ``jax.distributed.initialize()`` when a multi-host launcher is detected.
+
+  Detection is by environment: ``JAX_COORDINATOR_ADDRESS`` (with ``JAX_NUM_PROCESSES``
+  and ``JAX_PROCESS_ID``), SLURM, Open MPI or a TPU pod slice with more than one
+  worker. Returns True when this process is part of a multi-process run. Must be
+  called before any other JAX call; calling it twice is harmless.
+  """
+  if os.environ.get("JAXPROTECT_NO_DISTRIBUTED"):
+    return False
+  env = {k: os.environ.get(k) for k in _DISTRIBUTED_ENV}
+  tpu_hosts = (env["TPU_WORKER_HOSTNAMES"] or "").split(",")
+  multi = (
+      env["JAX_COORDINATOR_ADDRESS"]
+      or int(env["SLURM_NTASKS"] or 1) > 1
+      or int(env["OMPI_COMM_WORLD_SIZE"] or 1) > 1
+      or len([h for h in tpu_hosts if h]) > 1
+  )
+  if not multi:
+    return False
+  if jax.distributed.is_initialized():
+    return True
+  jax.distributed.initialize()
+  return True
+
+
+def make_mesh(num_devices: int | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+  """A one-axis ``data`` mesh over all (or the first ``num_devices``) devices.
+
+  The axis is of type Auto, so XLA propagates shardings through gathers and
+  reductions (a batch mean over a sharded batch becomes an all-reduce).
+  """
+  if devices is None:
+    devices = jax.devices()
+    if num_devices is not None:
+      if not 1 <= num_devices <= len(devices):
+        raise ValueError(f"num_devices={num_devices} but {len(devices)} devices are available")
+      devices = devices[:num_devices]
+  devices = list(devices)
+  return jax.make_mesh(
+      (len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+  )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding of arrays held whole on every device (parameters, optimiser state)."""
+  return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+  """Sharding of arrays split along their leading (example) axis."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def num_shards(mesh: Mesh) -> int:
+  return int(mesh.shape[DATA_AXIS])
+
+
+def check_divisible(n: int, mesh: Mesh, what: str) -> None:
+  """Raises ValueError unless ``n`` splits evenly over the mesh's data axis."""
+  k = num_shards(mesh)
+  if n % k:
+    raise ValueError(f"{what}={n} must be divisible by the number of devices on the data axis ({k})")
+
+
+def put(tree: Any, sharding: NamedSharding) -> Any:
+  """Places a pytree of host (numpy) arrays, identical on every process, on ``sharding``.
+
+  Every process passes the full global array; each keeps only its addressable
+  shards (no cross-host transfer).
+  """
+
+  def place(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(place, tree)
+
+
+def put_process_local(tree: Any, mesh: Mesh) -> Any:
+  """Builds example-sharded global arrays from each process's own slice of the data.
+
+  For multi-host runs where every host loaded only its part (``process_slice``).
+  """
+  sharding = data_sharded(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def process_slice(n: int) -> slice:
+  """The contiguous range of ``n`` examples that this process loads in a multi-host run."""
+  per = n // jax.process_count()
+  start = jax.process_index() * per
+  return slice(start, start + per)
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0

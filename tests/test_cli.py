@@ -1,0 +1,54 @@
+"""The command line and the README's two commands."""
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(*args, **kw):
+  return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_help_lists_commands_and_flags():
+  out = _run(sys.executable, "-m", "jaxprotect.cli", "--help")
+  assert out.returncode == 0
+  for cmd in ("train", "demo", "devices"):
+    assert re.search(rf"^\s+{cmd}\s", out.stdout, re.M)
+  out = _run(sys.executable, "-m", "jaxprotect.cli", "train", "--help")
+  assert out.returncode == 0 and "--workdir" in out.stdout and "--config" in out.stdout
+  out = _run(sys.executable, "-m", "jaxprotect.cli", "frobnicate")
+  assert out.returncode == 2 and "frobnicate" in out.stderr
+
+
+def test_bad_dataset_is_a_clear_error(tmp_path):
+  out = _run(sys.executable, "-m", "jaxprotect.cli", "train", "--config", "experiments/train.py",
+             "--config.dataset=no_such_dataset_xyz", "--workdir", str(tmp_path))
+  assert out.returncode == 1
+  assert "no_such_dataset_xyz" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
+  readme = (REPO / "README.md").read_text()
+  blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", readme, re.S)
+  first = [ln.strip() for ln in blocks[0].splitlines() if ln.strip() and not ln.startswith("#")]
+  assert first == ["make demo", "make test"]
+  assert "make test" in (REPO / ".ci" / "run").read_text()
+  makefile = (REPO / "Makefile").read_text()
+  assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+
+
+@pytest.mark.slow
+def test_make_demo_runs_offline(tmp_path):
+  """The README's first command, in a short setting (the package is already installed)."""
+  out = _run("make", "demo", f"DEMO_ARGS=--epochs 1 --train_subset 2048 --workdir {tmp_path}")
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["dataset"]["name"] == "fashion_mnist_mini"
+  assert results["test_accuracy"] > 0.6  # 10 classes: chance is 0.1
+  assert "test accuracy" in out.stdout

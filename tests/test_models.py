@@ -1,0 +1,253 @@
+"""Model zoo: registry, output contract, parameter counts, bfloat16 compute."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxprotect import models
+
+# Tiny configurations (name -> (kwargs, expected feats dim)) so that each case compiles quickly.
+TINY = {
+    "resnet18": (dict(width=4), 32),
+    "resnet34": (dict(width=4), 32),
+    "resnet50": (dict(width=4), 128),
+    "resnet18_imagenet": (dict(width=4), 32),
+    "resnet34_imagenet": (dict(width=4), 32),
+    "resnet50_imagenet": (dict(width=4), 128),
+    "convnet": (dict(width=8), None),  # 8 * 4 * 4 = 128 for both input shapes
+    "vgg11": (dict(width=4), 32),
+    "vgg16": (dict(width=4), 32),
+    "wrn16_4": (dict(width=2), 32),
+    "wrn28_10": (dict(width=1), 40),
+    "small_cnn": (dict(width=4, hidden=16), 16),
+    "mlp": (dict(width=16), 16),
+}
+NO_BN = {"convnet", "small_cnn", "mlp"}
+SHAPES = {"fmnist": (2, 28, 28, 1), "cifar": (2, 32, 32, 3)}
+
+
+def _x(shape, seed=0):
+  return jax.random.uniform(jax.random.key(seed), shape, jnp.float32)
+
+
+def _n(tree) -> int:
+  return models.count_params(tree)
+
+
+def test_registry_covers_all_names():
+  assert set(models.names()) == set(TINY)
+
+
+def _abstract(shape):
+  return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_contract_shapes_every_name(name):
+  """Every name on 28x28x1 and 32x32x3 (abstract evaluation: no compile, all code paths traced)."""
+  kwargs, feat_dim = TINY[name]
+  k = 7
+  model = models.get(name, k, **kwargs)
+  for shape in SHAPES.values():
+    x = _abstract(shape)
+    (logits, feats), variables = jax.eval_shape(
+        functools.partial(model.init_with_output, train=False), jax.random.key(0), x)
+    assert logits.shape == (2, k) and logits.dtype == jnp.float32
+    assert feats.shape == (2, 128 if feat_dim is None else feat_dim) and feats.dtype == jnp.float32
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables["params"]))
+    has_bn = name not in NO_BN
+    assert ("batch_stats" in variables) == has_bn == models.has_batch_stats(model, x)
+    mutable = ["batch_stats"] if has_bn else False
+    out = jax.eval_shape(functools.partial(model.apply, train=True, mutable=mutable), variables, x)
+    (logits_t, feats_t), state = out if has_bn else (out, None)
+    assert logits_t.shape == logits.shape and feats_t.shape == feats.shape
+    if has_bn:
+      assert jax.tree_util.tree_structure(state["batch_stats"]) == jax.tree_util.tree_structure(
+          variables["batch_stats"])
+
+
+# One compiled representative per family (both ResNet blocks and stems, both input shapes).
+COMPUTE = [("resnet18", "cifar"), ("resnet50_imagenet", "fmnist"), ("vgg11", "fmnist"), ("wrn16_4", "cifar"),
+           ("convnet", "fmnist"), ("small_cnn", "fmnist"), ("mlp", "cifar")]
+
+
+@pytest.mark.parametrize("name,shape_name", COMPUTE)
+def test_contract_compute(name, shape_name):
+  kwargs, _ = TINY[name]
+  model = models.get(name, 7, **kwargs)
+  x = _x(SHAPES[shape_name])
+  variables = models.init_variables(model, jax.random.key(1), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
+  has_bn = "batch_stats" in variables
+  mutable = ["batch_stats"] if has_bn else False
+  both = jax.jit(lambda v, x: (model.apply(v, x, train=False), model.apply(v, x, train=True, mutable=mutable)))
+  (logits, feats), out_t = both(variables, x)
+  assert logits.shape == (2, 7) and logits.dtype == jnp.float32 and feats.dtype == jnp.float32
+  assert np.isfinite(np.asarray(logits)).all() and np.isfinite(np.asarray(feats)).all()
+  assert float(jnp.std(logits)) > 0
+  if has_bn:
+    (logits_t, _), state = out_t
+    old = jax.tree_util.tree_leaves(variables["batch_stats"])
+    new = jax.tree_util.tree_leaves(state["batch_stats"])
+    assert len(old) == len(new) > 0 and all(not np.allclose(a, b) for a, b in zip(old, new))
+    assert not np.allclose(logits_t, logits)  # batch statistics vs running averages
+  else:
+    np.testing.assert_allclose(out_t[0], logits, rtol=1e-5, atol=1e-5)
+
+
+# ---- parameter counts, derived independently from the architectures -------------------------
+
+def _conv(k, cin, cout, bias=False):
+  return k * k * cin * cout + (cout if bias else 0)
+
+
+def _bn(c):
+  return 2 * c  # scale + bias (running stats are not parameters)
+
+
+def _resnet_count(stages, bottleneck, k=10, cin=3, width=64):
+  exp = 4 if bottleneck else 1
+  n = _conv(3, cin, width) + _bn(width)
+  inp = width
+  for i, blocks in enumerate(stages):
+    planes = width * 2**i
+    for j in range(blocks):
+      stride = 2 if (i > 0 and j == 0) else 1
+      if bottleneck:
+        n += _conv(1, inp, planes) + _bn(planes) + _conv(3, planes, planes) + _bn(planes)
+        n += _conv(1, planes, exp * planes) + _bn(exp * planes)
+      else:
+        n += _conv(3, inp, planes) + _bn(planes) + _conv(3, planes, planes) + _bn(planes)
+      if stride != 1 or inp != exp * planes:
+        n += _conv(1, inp, exp * planes) + _bn(exp * planes)
+      inp = exp * planes
+  return n + inp * k + k
+
+
+def _wrn_count(depth, widen, k=10, cin=3):
+  n_blocks = (depth - 4) // 6
+  n = _conv(3, cin, 16)
+  inp = 16
+  for i in range(3):
+    out = 16 * widen * 2**i
+    for _ in range(n_blocks):
+      n += _bn(inp) + _conv(3, inp, out) + _bn(out) + _conv(3, out, out)
+      if inp != out:
+        n += _conv(1, inp, out)
+      inp = out
+  return n + _bn(inp) + inp * k + k
+
+
+def _param_count(name, shape=(2, 32, 32, 3), k=10, **kwargs):
+  model = models.get(name, k, **kwargs)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jax.ShapeDtypeStruct(shape, jnp.float32))
+  return _n(shapes["params"])
+
+
+def test_param_counts_resnet():
+  assert _resnet_count((2, 2, 2, 2), False) == 11_173_962  # kuangliu/pytorch-cifar ResNet18
+  assert _resnet_count((3, 4, 6, 3), True) == 23_520_842  # kuangliu/pytorch-cifar ResNet50
+  assert _param_count("resnet18") == 11_173_962
+  assert _param_count("resnet34") == _resnet_count((3, 4, 6, 3), False) == 21_282_122
+  assert _param_count("resnet50") == 23_520_842
+  # ImageNet stem: 7x7 instead of 3x3 first conv, nothing else changes.
+  assert _param_count("resnet18_imagenet") == 11_173_962 + (49 - 9) * 3 * 64
+
+
+def test_param_counts_convnet_wrn_vgg():
+  convnet = (_conv(3, 3, 128, True) + 2 * _conv(3, 128, 128, True)) + 3 * 2 * 128 + (2048 * 10 + 10)
+  assert convnet == 320_010
+  assert _param_count("convnet") == convnet
+  assert _param_count("convnet", shape=(2, 28, 28, 1)) == convnet - 2 * 9 * 128
+  assert _wrn_count(28, 10) == 36_479_194
+  assert _param_count("wrn28_10") == 36_479_194
+  assert _param_count("wrn16_4") == _wrn_count(16, 4)
+  vgg16_convs = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+  vgg16 = sum(_conv(3, a, b) + _bn(b) for a, b in zip([3] + vgg16_convs[:-1], vgg16_convs)) + 5130
+  assert _param_count("vgg16") == vgg16  # kuangliu's 14,728,266 minus the (BN-redundant) conv biases
+  assert _param_count("small_cnn", shape=(2, 28, 28, 1)) == (
+      _conv(3, 1, 32, True) + _conv(3, 32, 64, True) + (7 * 7 * 64 * 128 + 128) + (128 * 10 + 10))
+  assert _param_count("mlp", shape=(2, 28, 28, 1)) == (784 * 256 + 256) + (256 * 256 + 256) + 2570
+
+
+def test_convnet_feats_2048_for_fmnist_and_cifar():
+  model = models.get("convnet", 10)
+  for shape in [(2, 28, 28, 1), (2, 32, 32, 3)]:
+    out = jax.eval_shape(lambda k, x: model.init_with_output(k, x, train=False)[0], jax.random.key(0),
+                         jax.ShapeDtypeStruct(shape, jnp.float32))
+    assert out[0].shape == (2, 10) and out[1].shape == (2, 2048), shape
+
+
+def test_convnet_norm_options():
+  x = _x((2, 16, 16, 3))
+  for norm, has_bn in [("batchnorm", True), ("none", False)]:
+    model = models.get("convnet", 5, width=4, depth=2, norm=norm)
+    assert models.has_batch_stats(model, x) == has_bn
+    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+    norm_params = 2 * 2 * 4 if has_bn else 0  # scale + bias, 4 channels, 2 layers
+    assert _n(shapes["params"]) == _conv(3, 3, 4, True) + _conv(3, 4, 4, True) + norm_params + 4 * 4 * 4 * 5 + 5
+  with pytest.raises(ValueError, match="norm"):
+    models.get("convnet", 5, norm="layernorm").init(jax.random.key(0), x)
+
+
+def test_bfloat16_resnet18():
+  x = _x((2, 16, 16, 3))
+  m32 = models.get("resnet18", 10, width=8)
+  m16 = models.get("resnet18", 10, dtype="bfloat16", width=8)
+  assert m16.dtype == jnp.bfloat16
+  v16 = models.init_variables(m16, jax.random.key(3), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(v16))
+  # Same parameter tree, so the float32 model can run the bfloat16 model's variables.
+  assert jax.tree_util.tree_structure(v16) == jax.tree_util.tree_structure(
+      jax.eval_shape(functools.partial(m32.init, train=False), jax.random.key(3), x))
+  (l16, f16), (l32, f32) = jax.jit(lambda v, x: (m16.apply(v, x), m32.apply(v, x)))(v16, x)
+  assert l16.dtype == jnp.float32 and f16.dtype == jnp.float32
+  scale = float(jnp.max(jnp.abs(l32)))
+  assert scale > 0 and not np.array_equal(l16, l32)  # really computed in bfloat16
+  np.testing.assert_allclose(l16, l32, rtol=0.1, atol=0.1 * scale)
+  np.testing.assert_allclose(f16, f32, rtol=0.1, atol=0.1 * float(jnp.max(jnp.abs(f32))))
+
+
+def test_wrn_dropout_needs_rng_and_changes_output():
+  x = _x((2, 8, 8, 3))
+  model = models.get("wrn16_4", 3, width=1, dropout_rate=0.5)
+  v = models.init_variables(model, jax.random.key(0), x)
+
+  @jax.jit
+  def run(v, x):
+    ev = model.apply(v, x, train=False)[0]
+    tr = [model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(i)})[0][0]
+          for i in (1, 2)]
+    return ev, tr
+
+  with jax.threefry_partitionable(False):  # ~3x faster XLA:CPU compile of the dropout masks
+    ev, (a, b) = run(v, x)
+  assert np.isfinite(np.asarray(ev)).all() and not np.allclose(a, b)
+  with pytest.raises(Exception, match="dropout"):  # flax: "... needs PRNG for \"dropout\""
+    jax.eval_shape(functools.partial(model.apply, train=True, mutable=["batch_stats"]), v, x)
+
+
+def test_errors():
+  with pytest.raises(ValueError, match="resnet99") as e:
+    models.get("resnet99", 10)
+  assert "resnet18" in str(e.value) and "mlp" in str(e.value)
+  for bad in (1, 0, -3):
+    with pytest.raises(ValueError, match="small_cnn"):
+      models.get("small_cnn", bad)
+  with pytest.raises(ValueError, match="dtype"):
+    models.get("mlp", 10, dtype="float77")
+  with pytest.raises(ValueError, match="num_classes"):  # direct construction checks too
+    models.MLP(num_classes=1).init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
+
+
+def test_get_accepts_kwargs_and_aliases():
+  m = models.get("ResNet18", 10, stem="imagenet", width=4)
+  assert isinstance(m, models.ResNet) and m.stem == "imagenet" and m.width == 4
+  assert models.get("WRN28_10", 10).depth == 28
+  assert models.get("mlp", 10, dtype="bfloat16").dtype == jnp.bfloat16
