@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --durations=20 tests
 
 bench: $(STAMP)
-	$(PY) -m jaxprotect.bench --quick
+	$(PY) experiments/bench/train_throughput.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs
