@@ -16,13 +16,17 @@ commands:
   train     train a model: --config experiments/train.py[:variant] --config.<field>=<value> --workdir DIR
   demo      a short offline run on the embedded Fashion-MNIST slice: --workdir DIR [--epochs N]
   devices   print the devices JAX sees and the mesh jaxprotect would use
+  poison    craft unlearnable examples: --config experiments/em.py[:variant] --workdir DIR
+  evaluate  train victims on a poison and on clean data: --config experiments/em.py[:variant]
+            --config.poison=POISON_DIR --workdir DIR
+  distill   undistillable teachers and knock-off students: distill {teacher,attack,report} ...
 
 Every command takes --help. A run directory holds config.json, metrics.jsonl,
 checkpoints/ and results.json; re-running the same command resumes it.
 """
 
 
-def _parse(argv: Sequence[str], define: Callable) -> object:
+def parse_flags(argv: Sequence[str], define: Callable) -> object:
   """Parses absl-style flags for one command; prints help and exits on --help."""
   from absl import flags
 
@@ -40,7 +44,7 @@ def _parse(argv: Sequence[str], define: Callable) -> object:
   return fv
 
 
-def _summary(results: dict) -> str:
+def summary(results: dict) -> str:
   lines = [
       f"dataset       {results['dataset']['name']} ({results['dataset']['train_size']} train / "
       f"{results['dataset']['test_size']} test)",
@@ -59,7 +63,7 @@ def cmd_train(argv: Sequence[str]) -> int:
     config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]", flag_values=fv, lock_config=True)
     flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds checkpoints)", flag_values=fv)
 
-  fv = _parse(argv, define)
+  fv = parse_flags(argv, define)
   if fv.config is None or fv.workdir is None:
     print("jaxprotect train: --config and --workdir are required", file=sys.stderr)
     return 2
@@ -67,7 +71,7 @@ def cmd_train(argv: Sequence[str]) -> int:
 
   parallel.maybe_initialize_distributed()
   results = runner.fit(fv.config, fv.workdir)
-  print(_summary(results))
+  print(summary(results))
   print(f"results: {fv.workdir}/results.json")
   return 0
 
@@ -78,7 +82,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
     flags.DEFINE_integer("epochs", 3, "training epochs", flag_values=fv)
     flags.DEFINE_integer("train_subset", 0, "train on the first n examples only (0: all 10,000)", flag_values=fv)
 
-  fv = _parse(argv, define)
+  fv = parse_flags(argv, define)
   from jaxprotect import config as config_lib, parallel, runner
 
   parallel.maybe_initialize_distributed()
@@ -87,13 +91,13 @@ def cmd_demo(argv: Sequence[str]) -> int:
   config.train_subset = fv.train_subset
   print(f"jaxprotect demo: small CNN on the embedded Fashion-MNIST slice, {fv.epochs} epochs -> {fv.workdir}")
   results = runner.fit(config, fv.workdir)
-  print(_summary(results))
+  print(summary(results))
   print(f"results: {fv.workdir}/results.json  metrics: {fv.workdir}/metrics.jsonl")
   return 0
 
 
 def cmd_devices(argv: Sequence[str]) -> int:
-  _parse(argv, lambda fv, flags: None)
+  parse_flags(argv, lambda fv, flags: None)
   import jax
 
   from jaxprotect import parallel
@@ -105,7 +109,26 @@ def cmd_devices(argv: Sequence[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "devices": cmd_devices}
+# Commands of the method packages, imported only when used: "module:function".
+LAZY_COMMANDS = {
+    "poison": "jaxprotect.unlearnable.cli:cmd_poison",
+    "evaluate": "jaxprotect.unlearnable.cli:cmd_evaluate",
+    "distill": "jaxprotect.distill.cli:main",
+}
+
+
+def _lazy(target: str) -> Callable[[Sequence[str]], int]:
+  def run(argv: Sequence[str]) -> int:
+    import importlib
+
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)(argv)
+
+  return run
+
+
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "devices": cmd_devices,
+            **{name: _lazy(target) for name, target in LAZY_COMMANDS.items()}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

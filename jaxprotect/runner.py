@@ -47,9 +47,25 @@ def fit(
     workdir: os.PathLike | str,
     mesh=None,
     dataset: data.DeviceDataset | None = None,
+    *,
+    model=None,
+    loss_fn: train.LossFn | None = None,
+    extra: Any = None,
+    batch_fn=None,
+    aux: Any = None,
+    eval_model=None,
 ) -> dict[str, Any]:
   """Trains ``config.model`` on ``config.dataset``, resuming from ``workdir`` if it holds
-  checkpoints of the same config; returns (and writes) the results summary."""
+  checkpoints of the same config; returns (and writes) the results summary.
+
+  Methods plug in through the keywords: ``model`` (default: ``config.model`` from the
+  registry), ``loss_fn`` (default: cross-entropy with ``config.label_smoothing``; may be
+  ``train.stateful``), ``extra`` (initial ``state.extra``, checkpointed with the state),
+  ``batch_fn`` and ``aux`` (the batch hook of ``train.make_train_chunk``) and
+  ``eval_model`` (a module evaluated with the same variables, default ``model``).
+  Everything they depend on must be reflected in ``config`` for the config-hash check
+  on resume to mean anything.
+  """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = mesh or parallel.make_mesh(config.num_devices or None)
@@ -60,9 +76,10 @@ def fit(
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size={config.batch_size} exceeds the {ds.train.size} training examples")
   total_steps = steps_per_epoch * config.epochs
-  model = models.get(config.model, ds.num_classes, dtype=config.dtype, **config.model_kwargs.to_dict())
+  if model is None:
+    model = models.get(config.model, ds.num_classes, dtype=config.dtype, **config.model_kwargs.to_dict())
   optimizer = train.make_optimizer(config.optimizer, steps_per_epoch, config.epochs)
-  state = train.init_state(model, optimizer, ds.example, jax.random.PRNGKey(config.seed), mesh)
+  state = train.init_state(model, optimizer, ds.example, jax.random.PRNGKey(config.seed), mesh, extra=extra)
 
   chash = config_lib.config_hash(config)
   ckpt = checkpoint.Checkpointer(
@@ -83,10 +100,10 @@ def fit(
   meta = {"dataset_fingerprint": ds.fingerprint, "phase": "train"}
 
   chunk_fn = train.make_train_chunk(
-      model, train.ce_loss(config.label_smoothing), optimizer, mesh, config.batch_size,
-      AugmentConfig.parse(config.augment), loop=config.loop or None,
+      model, loss_fn or train.ce_loss(config.label_smoothing), optimizer, mesh, config.batch_size,
+      AugmentConfig.parse(config.augment), loop=config.loop or None, batch_fn=batch_fn,
   )
-  eval_fn = train.make_eval_fn(model, mesh, config.eval_batch_size, ds.num_classes)
+  eval_fn = train.make_eval_fn(eval_model or model, mesh, config.eval_batch_size, ds.num_classes)
   chunk_steps = config.chunk_steps or steps_per_epoch
   save_every = config.checkpoint.every_steps or steps_per_epoch
   kill_at = int(os.environ.get(_KILL_AT_STEP_ENV, "0"))
@@ -98,7 +115,7 @@ def fit(
     offset = step % steps_per_epoch
     n = min(chunk_steps, steps_per_epoch - offset)
     prev = step
-    state, m = chunk_fn(state, ds.train, n)
+    state, m = chunk_fn(state, ds.train, n, aux)
     step += n
     m = jax.device_get(m)
     record = {"epoch": step / steps_per_epoch, "train_loss": float(np.mean(m["loss"])),

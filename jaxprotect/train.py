@@ -2,8 +2,22 @@
 
 Victims, surrogates, teachers, students and shadow models all train through
 ``make_train_step`` / ``make_train_chunk`` with a method-specific per-example loss
-``loss_fn(outputs, batch) -> loss_B`` where ``outputs = (logits_BxK, feats_BxD)`` and
-``batch`` is a dict with at least ``image`` (float B x H x W x C) and ``label`` (int B).
+``loss_fn(outputs, batch) -> loss_B`` where ``outputs = (logits_BxK, feats)`` (``feats``
+is whatever the model returns second: penultimate features, or a dict for models with
+auxiliary heads) and ``batch`` is a dict with at least ``image`` (float B x H x W x C),
+``label`` (int B) and ``step`` (the state's step, int32 scalar).
+
+Two hooks cover methods that need more than the batch:
+
+* a **stateful loss** (wrapped with ``stateful``) is called as
+  ``loss_fn(outputs, batch, extra) -> (loss_B, new_extra)`` and its ``new_extra``
+  (with gradients stopped) replaces ``state.extra`` after the step -- e.g. CMIM's class
+  centroids. Means over the batch inside it are over the *global* batch, whatever the
+  mesh, so the update equals the single-device one.
+* a **batch hook** ``batch_fn(aux, batch) -> batch`` runs inside jit after gathering and
+  augmentation, with ``aux`` an arbitrary pytree passed to the step or chunk at call time
+  (not baked into the compiled program) -- e.g. a black-box teacher that adds its output
+  vectors to the batch, so the student's loss sees outputs and never parameters.
 """
 
 from __future__ import annotations
@@ -85,6 +99,20 @@ def init_state(
   return state
 
 
+def stateful(loss_fn: Callable) -> Callable:
+  """Marks ``loss_fn(outputs, batch, extra) -> (loss_B, new_extra)`` as a stateful loss."""
+  loss_fn.uses_extra = True
+  return loss_fn
+
+
+def _apply_loss(loss_fn: Callable, outputs: Outputs, batch: dict[str, jax.Array], extra: Any):
+  """``(loss_B, new_extra)`` for a plain or a stateful loss."""
+  if getattr(loss_fn, "uses_extra", False):
+    loss_B, new_extra = loss_fn(outputs, batch, extra)
+    return loss_B, jax.lax.stop_gradient(new_extra)
+  return loss_fn(outputs, batch), extra
+
+
 def ce_loss(label_smoothing: float = 0.0) -> LossFn:
   """The standard per-example cross-entropy loss on the logits."""
 
@@ -147,20 +175,21 @@ def _step_fn(model: nn.Module, loss_fn: LossFn, optimizer: optax.GradientTransfo
   """The un-jitted step ``(state, batch) -> (state, metrics)``."""
 
   def step(state: TrainState, batch: dict[str, jax.Array]):
+    batch = {**batch, "step": state.step}
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, _DROPOUT_STREAM), state.step)
 
     def objective(params):
       (logits, feats), new_vars = model.apply(
           variables_of(state, params), batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
       )
-      loss_B = loss_fn((logits, feats), batch)
-      return jnp.mean(loss_B), (new_vars.get("batch_stats", {}), logits)
+      loss_B, new_extra = _apply_loss(loss_fn, (logits, feats), batch, state.extra)
+      return jnp.mean(loss_B), (new_vars.get("batch_stats", {}), logits, new_extra)
 
-    (loss, (batch_stats, logits)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    (loss, (batch_stats, logits, extra)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "accuracy": jnp.mean(losses.accuracy(logits, batch["label"]))}
-    new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, extra=extra)
     return new, metrics
 
   return step
@@ -172,15 +201,19 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
     donate: bool = True,
-) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
-  """A jitted train step: batch sharded along ``data``, state replicated, state donated."""
+    batch_fn: Callable | None = None,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+  """A jitted train step ``step(state, batch, aux=None)``: batch sharded along ``data``,
+  state replicated, state donated; ``batch_fn(aux, batch)`` (optional) runs first."""
   rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  return jax.jit(
-      _step_fn(model, loss_fn, optimizer),
-      in_shardings=(rep, dat),
-      out_shardings=(rep, rep),
-      donate_argnums=(0,) if donate else (),
-  )
+  step = _step_fn(model, loss_fn, optimizer)
+
+  def step_with_hook(state, batch, aux):
+    return step(state, batch_fn(aux, batch) if batch_fn is not None else batch)
+
+  jitted = jax.jit(step_with_hook, in_shardings=(rep, dat, rep), out_shardings=(rep, rep),
+                   donate_argnums=(0,) if donate else ())
+  return lambda state, batch, aux=None: jitted(state, batch, aux)
 
 
 def epoch_indices(rng: jax.Array, epoch: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
@@ -207,9 +240,10 @@ def make_train_chunk(
     augment: AugmentConfig = AugmentConfig(),
     donate: bool = True,
     loop: str | None = None,
+    batch_fn: Callable | None = None,
 ):
-  """``chunk(state, split, num_steps) -> (state, metrics_S)``: ``num_steps`` training steps
-  continuing the epoch at ``state.step``.
+  """``chunk(state, split, num_steps, aux=None) -> (state, metrics_S)``: ``num_steps``
+  training steps continuing the epoch at ``state.step``.
 
   Batches are gathered from the on-device split (with its perturbation) and augmented
   inside jit; batch ``i`` of epoch ``e`` is fixed by the run key, so a resumed run sees
@@ -217,7 +251,8 @@ def make_train_chunk(
   ``loop="scan"`` runs the chunk as one ``lax.scan`` on device (``num_steps`` is static:
   each distinct value compiles once); ``loop="host"`` dispatches one jitted
   gather-augment-step per step from Python (no data leaves the device either way).
-  Default: ``default_loop()``.
+  Default: ``default_loop()``. ``batch_fn(aux, batch)`` (optional) transforms each batch
+  inside jit; ``aux`` is passed at call time (see the module docstring).
   """
   parallel.check_divisible(batch_size, mesh, "batch_size")
   loop = loop or default_loop()
@@ -233,27 +268,30 @@ def make_train_chunk(
     epoch, offset = state.step // steps_per_epoch, state.step % steps_per_epoch
     return jax.lax.dynamic_slice_in_dim(epoch_indices(state.rng, epoch, split.size, batch_size), offset, num_steps)
 
-  def body(st: TrainState, split: DeviceSplit, idx_B: jax.Array):
+  def body(st: TrainState, split: DeviceSplit, idx_B: jax.Array, aux: Any):
     idx_B = jax.lax.with_sharding_constraint(idx_B, batch_sharding)
     aug_key = jax.random.fold_in(jax.random.fold_in(st.rng, _AUGMENT_STREAM), st.step)
-    return step(st, batch_from(split, aug_key, idx_B, augment))
+    batch = batch_from(split, aug_key, idx_B, augment)
+    if batch_fn is not None:
+      batch = batch_fn(aux, batch)
+    return step(st, batch)
 
   if loop == "scan":
 
     @functools.partial(jax.jit, static_argnums=(2,), out_shardings=(rep, rep), donate_argnums=donate_args)
-    def chunk(state: TrainState, split: DeviceSplit, num_steps: int):
-      return jax.lax.scan(lambda st, idx_B: body(st, split, idx_B), state, rows_of(state, split, num_steps))
+    def chunk(state: TrainState, split: DeviceSplit, num_steps: int, aux: Any = None):
+      return jax.lax.scan(lambda st, idx_B: body(st, split, idx_B, aux), state, rows_of(state, split, num_steps))
 
     return chunk
 
   rows_jit = jax.jit(rows_of, static_argnums=(2,))
   body_jit = jax.jit(body, out_shardings=(rep, rep), donate_argnums=donate_args)
 
-  def host_chunk(state: TrainState, split: DeviceSplit, num_steps: int):
+  def host_chunk(state: TrainState, split: DeviceSplit, num_steps: int, aux: Any = None):
     rows = rows_jit(state, split, num_steps)
     metrics = []
     for i in range(num_steps):
-      state, m = body_jit(state, split, rows[i])
+      state, m = body_jit(state, split, rows[i], aux)
       metrics.append(m)
     return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
 

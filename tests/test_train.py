@@ -123,3 +123,37 @@ def test_label_smoothing_matches_formula():
   target = (1 - eps) * np.eye(3)[[0, 1]] + eps / 3
   np.testing.assert_allclose(losses.cross_entropy(logits, y, eps), -(target * logp).sum(-1), rtol=1e-6)
   np.testing.assert_allclose(losses.cross_entropy(logits, y), -logp[[0, 1], [0, 1]], rtol=1e-6)
+
+
+def test_stateful_loss_and_batch_hook_on_8_devices_equal_1_device(host):
+  """``extra`` is updated from the global batch and ``aux`` reaches the batch hook: the
+  state after two chunks is the same on 1 and 8 devices, and ``extra`` equals its
+  definition (a running sum of per-class mean logits plus the hook's offset)."""
+  model = models.get("mlp", host.num_classes, hidden=(16,))
+  tx = _sgd()
+  k = host.num_classes
+
+  @train.stateful
+  def loss_fn(outputs, batch, extra):
+    logits, _ = outputs
+    onehot = jax.nn.one_hot(batch["label"], k)
+    class_mean = (onehot.T @ logits) / jnp.maximum(onehot.sum(0), 1.0)[:, None]
+    new = {"sums": extra["sums"] + class_mean + batch["offset"], "steps": extra["steps"] + 1}
+    return losses.cross_entropy(logits, batch["label"]), new
+
+  def batch_fn(aux, batch):
+    return {**batch, "offset": aux["offset"]}
+
+  finals = []
+  for mesh in (MESH1(), MESH8()):
+    ds = data.to_device(host, mesh)
+    extra = {"sums": jnp.zeros((k, k)), "steps": jnp.zeros((), jnp.int32)}
+    state = train.init_state(model, tx, ds.example, jax.random.PRNGKey(4), mesh, extra=extra)
+    chunk = train.make_train_chunk(model, loss_fn, tx, mesh, batch_size=16, loop="host", batch_fn=batch_fn)
+    for _ in range(2):
+      state, _ = chunk(state, ds.train, 2, {"offset": jnp.float32(0.5)})
+    finals.append(jax.device_get(state))
+  assert int(finals[0].extra["steps"]) == 4
+  chex.assert_trees_all_close(finals[0].extra, finals[1].extra, rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(finals[0].params, finals[1].params, rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(finals[0].extra["sums"]) != 0.0)
