@@ -27,11 +27,23 @@ checkpoints/ and results.json; re-running the same command resumes it.
 
 
 def parse_flags(argv: Sequence[str], define: Callable) -> object:
-  """Parses absl-style flags for one command; prints help and exits on --help."""
+  """Parses absl-style flags for one command; prints help and exits on --help.
+
+  ``ml_collections.config_flags`` finds ``--config.<field>`` overrides in ``sys.argv``,
+  so it is set to this command line while parsing (``main`` may be called in-process).
+  """
   from absl import flags
 
   fv = flags.FlagValues()
-  define(fv, flags)
+  saved, sys.argv = sys.argv, ["jaxprotect", *argv]
+  try:
+    define(fv, flags)
+    return _parse_into(fv, argv, flags)
+  finally:
+    sys.argv = saved
+
+
+def _parse_into(fv, argv: Sequence[str], flags) -> object:
   if any(a in ("-h", "--help", "-help") for a in argv[1:]):
     print(f"usage: jaxprotect {argv[0]} [flags]\n")
     print(fv.get_help())

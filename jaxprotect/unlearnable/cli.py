@@ -1,0 +1,69 @@
+"""``jaxprotect poison`` and ``jaxprotect evaluate``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from jaxprotect.cli import parse_flags
+
+
+def _define(fv, flags, export: bool = False):
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "config file[:variant], e.g. experiments/em.py:fashion_mnist",
+                                  flag_values=fv, lock_config=True)
+  flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds checkpoints)", flag_values=fv)
+  if export:
+    flags.DEFINE_list("export", [], "also export the protected training set: png (a folder per class), "
+                      "npz (an array dataset jaxprotect.data.load reads)", flag_values=fv)
+
+
+def _required(fv, name: str) -> bool:
+  if fv.config is None or fv.workdir is None:
+    print(f"jaxprotect {name}: --config and --workdir are required", file=sys.stderr)
+    return False
+  return True
+
+
+def cmd_poison(argv: Sequence[str]) -> int:
+  fv = parse_flags(argv, lambda fv, flags: _define(fv, flags, export=True))
+  if not _required(fv, "poison"):
+    return 2
+  bad = set(fv.export) - {"png", "npz"}
+  if bad:
+    print(f"jaxprotect poison: unknown --export format(s) {sorted(bad)}; use png and/or npz", file=sys.stderr)
+    return 2
+  from jaxprotect import parallel, runner
+  from jaxprotect.unlearnable import crafting, poison_io
+
+  parallel.maybe_initialize_distributed()
+  config = fv.config
+  mesh = parallel.make_mesh(config.num_devices or None)
+  ds = runner.load_dataset(config, mesh)
+  results = crafting.craft(config, fv.workdir, mesh, ds)
+  print(f"{results['method']} {results['mode']}-wise, eps {255 * results['eps']:.1f}/255: {results['iterations']} "
+        f"iterations, surrogate accuracy on the perturbed set {100 * results['perturbed_train_accuracy']:.2f}%")
+  print(f"poison: {results['poison']}")
+  exports = set(fv.export) | {f for f in ("png", "npz") if config.export[f]}
+  if exports and parallel.is_main_process():
+    poison = poison_io.load_poison(results["poison"], ds)
+    if "npz" in exports:
+      print(f"npz: {poison_io.export_npz(f'{fv.workdir}/poisoned_train.npz', ds, poison)}")
+    if "png" in exports:
+      print(f"png: {poison_io.export_png(f'{fv.workdir}/png', ds, poison)}")
+  return 0
+
+
+def cmd_evaluate(argv: Sequence[str]) -> int:
+  fv = parse_flags(argv, _define)
+  if not _required(fv, "evaluate"):
+    return 2
+  from jaxprotect import parallel
+  from jaxprotect.unlearnable import victims
+
+  parallel.maybe_initialize_distributed()
+  results = victims.evaluate(fv.config, fv.workdir)
+  print(victims.report_markdown(results))
+  print(f"results: {fv.workdir}/results.json")
+  return 0

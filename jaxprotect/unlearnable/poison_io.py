@@ -1,0 +1,251 @@
+"""Poisons on disk: perturbations + manifest, checked loading, exports and a preview.
+
+A poison directory holds::
+
+  manifest.json  format version, method, mode, eps, seed, the crafting config, the source
+                 dataset (name, sizes, fingerprint), jaxprotect version and the SHA-256 of
+                 every file below
+  delta.npy      float32 perturbations in pixel units: N x H x W x C (sample-wise, row i
+                 belongs to example ids[i]) or K x H x W x C (class-wise, row k to class k)
+  ids.npy        int32 example ids of the rows (sample-wise)
+  preview.png    clean / perturbation (amplified) / poisoned, one column per class
+
+The directory is written under a temporary name and renamed into place, so a reader
+never sees a partial poison. ``load_poison`` refuses a directory whose files do not match
+their hashes or a dataset whose fingerprint or ids differ from the one crafted on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprotect import data
+
+FORMAT = "jaxprotect-poison-1"
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _code_version() -> str:
+  import jaxprotect
+
+  return jaxprotect.__version__
+
+
+@dataclasses.dataclass(frozen=True)
+class Poison:
+  """A loaded poison: ``delta`` (host float32), ``mode``, ``ids`` (sample-wise) and the manifest."""
+
+  delta: np.ndarray
+  mode: str
+  ids: np.ndarray | None
+  manifest: dict[str, Any]
+
+  @property
+  def digest(self) -> str:
+    return self.manifest["files"]["delta.npy"]
+
+
+def _replace_dir(tmp: pathlib.Path, final: pathlib.Path) -> None:
+  """Moves ``tmp`` to ``final``, replacing an older directory there."""
+  old = None
+  if final.exists():
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    os.replace(final, old)
+  os.replace(tmp, final)
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_poison(directory: os.PathLike | str, delta: np.ndarray, mode: str, ds: data.DeviceDataset, *,
+                config: Any = None, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Writes ``delta`` (mode ``"sample"`` or ``"class"``) for dataset ``ds`` atomically;
+  returns the manifest."""
+  directory = pathlib.Path(directory)
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+  try:
+    np.save(tmp / "delta.npy", np.asarray(delta, np.float32))
+    files = ["delta.npy"]
+    if mode == "sample":
+      np.save(tmp / "ids.npy", np.asarray(jax.device_get(ds.train.ids), np.int32))
+      files.append("ids.npy")
+    cfg = config.to_dict() if hasattr(config, "to_dict") else (config or {})
+    manifest = {
+        "format": FORMAT,
+        "method": cfg.get("method"),
+        "mode": mode,
+        "eps": cfg.get("eps"),
+        "seed": cfg.get("seed"),
+        "config": cfg,
+        "dataset": data.describe(ds),
+        "jaxprotect_version": _code_version(),
+        "stats": stats or {},
+        "files": {f: _sha256(tmp / f) for f in files},
+    }
+    with open(tmp / MANIFEST, "w") as f:
+      json.dump(manifest, f, indent=2, sort_keys=True, default=str)
+    _replace_dir(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return manifest
+
+
+def resolve(directory: os.PathLike | str) -> pathlib.Path:
+  """A poison directory, given it or the crafting workdir that holds ``poison/``."""
+  p = pathlib.Path(directory)
+  if not (p / MANIFEST).exists() and (p / "poison" / MANIFEST).exists():
+    p = p / "poison"
+  return p
+
+
+def load_poison(directory: os.PathLike | str, ds: data.DeviceDataset | None = None) -> Poison:
+  """Loads and checks a poison; with ``ds``, also checks it was crafted on that dataset."""
+  p = resolve(directory)
+  if not (p / MANIFEST).exists():
+    raise ValueError(f"{directory}: no poison here ({MANIFEST} missing); run `jaxprotect poison` first")
+  try:
+    manifest = json.loads((p / MANIFEST).read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{p / MANIFEST}: not valid JSON ({e})") from e
+  if manifest.get("format") != FORMAT:
+    raise ValueError(f"{p / MANIFEST}: unknown poison format {manifest.get('format')!r}, expected {FORMAT!r}")
+  for name, want in manifest["files"].items():
+    if not (p / name).exists():
+      raise ValueError(f"{p / name}: missing (listed in the manifest)")
+    if _sha256(p / name) != want:
+      raise ValueError(f"{p / name}: SHA-256 does not match the manifest; the poison was modified or truncated")
+  delta = np.load(p / "delta.npy")
+  mode = manifest["mode"]
+  ids = np.load(p / "ids.npy") if mode == "sample" else None
+  poison = Poison(delta=delta, mode=mode, ids=ids, manifest=manifest)
+  if ds is not None:
+    check_matches(poison, ds, p)
+  return poison
+
+
+def check_matches(poison: Poison, ds: data.DeviceDataset, where: Any = "poison") -> None:
+  src = poison.manifest["dataset"]
+  if src["fingerprint"] != ds.fingerprint:
+    raise ValueError(
+        f"{where}: crafted on {src['name']!r} ({src['train_size']} train, fingerprint {src['fingerprint'][:12]}...), "
+        f"but the dataset given is {ds.name!r} ({ds.train.size} train, fingerprint {ds.fingerprint[:12]}...); "
+        "use the dataset, data_dir and train_subset the poison was crafted with")
+  if tuple(poison.delta.shape[1:]) != tuple(ds.train.image_shape):
+    raise ValueError(f"{where}: perturbation shape {poison.delta.shape[1:]} != image shape {ds.train.image_shape}")
+  if poison.mode == "sample" and not np.array_equal(poison.ids, np.asarray(jax.device_get(ds.train.ids))):
+    raise ValueError(f"{where}: example ids differ from the dataset's")
+  if poison.mode == "class" and poison.delta.shape[0] != ds.num_classes:
+    raise ValueError(f"{where}: {poison.delta.shape[0]} class perturbations for {ds.num_classes} classes")
+
+
+def apply(ds: data.DeviceDataset, poison: Poison, fraction: float = 1.0, seed: int = 0) -> data.DeviceDataset:
+  """``ds`` with the poison on its training images; with ``fraction`` < 1, only a random
+  ``fraction`` of the examples (fixed by ``seed``) carry their perturbation, the rest are
+  clean. The result's fingerprint identifies the poison and the fraction."""
+  check_matches(poison, ds)
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f"poison_fraction must be in [0, 1], got {fraction}")
+  delta, mode = poison.delta, poison.mode
+  if fraction < 1.0:
+    n = ds.train.size
+    chosen = np.zeros(n, bool)
+    chosen[np.random.default_rng(seed).permutation(n)[: int(round(fraction * n))]] = True
+    if mode == "class":  # expand to per-example rows so that clean examples get zeros
+      delta = delta[np.asarray(jax.device_get(ds.train.labels))]
+      mode = "sample"
+    delta = np.where(chosen[:, None, None, None], delta, 0.0).astype(np.float32)
+  out = ds.with_perturbation(jnp.asarray(delta), mode)
+  fp = hashlib.sha256(f"{ds.fingerprint}|{poison.digest}|{fraction}|{seed}".encode()).hexdigest()
+  return dataclasses.replace(out, fingerprint=fp)
+
+
+def poisoned_images(ds: data.DeviceDataset, poison: Poison) -> np.ndarray:
+  """The protected training images as uint8 (rounded to the nearest level: up to half a
+  grey level away from ``x + delta``)."""
+  split = ds.train.replace(delta=jnp.asarray(poison.delta), delta_mode=poison.mode)
+  x, _ = jax.jit(lambda s: s.gather(jnp.arange(s.size)))(split)
+  return np.asarray(jnp.round(x * 255.0), np.uint8)
+
+
+def export_npz(path: os.PathLike | str, ds: data.DeviceDataset, poison: Poison) -> pathlib.Path:
+  """The protected training set and the clean test set as an ``.npz`` that
+  ``jaxprotect.data.load(path)`` (or numpy) reads: ``x_train`` (uint8 NHWC), ``y_train``,
+  ``ids_train``, ``x_test``, ``y_test``, ``ids_test``, ``num_classes``."""
+  path = pathlib.Path(path)
+  get = lambda a: np.asarray(jax.device_get(a))  # noqa: E731
+  arrays = {"x_train": poisoned_images(ds, poison), "y_train": get(ds.train.labels), "ids_train": get(ds.train.ids),
+            "x_test": get(ds.test.images), "y_test": get(ds.test.labels), "ids_test": get(ds.test.ids),
+            "num_classes": np.int64(ds.num_classes)}
+  tmp = path.with_name(f".{path.name}.tmp")
+  with open(tmp, "wb") as f:
+    np.savez_compressed(f, **arrays)
+  os.replace(tmp, path)
+  return path
+
+
+def export_png(directory: os.PathLike | str, ds: data.DeviceDataset, poison: Poison) -> pathlib.Path:
+  """One PNG per protected training image: ``<directory>/<label>/<id>.png`` (the
+  ImageFolder layout other tools read)."""
+  from PIL import Image
+
+  directory = pathlib.Path(directory)
+  images = poisoned_images(ds, poison)
+  labels = np.asarray(jax.device_get(ds.train.labels))
+  ids = np.asarray(jax.device_get(ds.train.ids))
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+  try:
+    for img, y, i in zip(images, labels, ids):
+      (tmp / str(int(y))).mkdir(exist_ok=True)
+      Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp / str(int(y)) / f"{int(i)}.png")
+    _replace_dir(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return directory
+
+
+def save_preview(path: os.PathLike | str, ds: data.DeviceDataset, delta: np.ndarray, mode: str, eps: float) -> None:
+  """A 3-row grid, one column per class (its first training example): clean, the
+  perturbation mapped from [-eps, eps] to [0, 1], and the poisoned image."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  labels = np.asarray(jax.device_get(ds.train.labels))
+  cols = [int(np.flatnonzero(labels == c)[0]) for c in range(ds.num_classes) if np.any(labels == c)]
+  clean = np.asarray(jax.device_get(ds.train.images[np.asarray(cols)]), np.float32) / 255.0
+  d = delta[np.asarray(cols)] if mode == "sample" else delta[labels[cols]]
+  rows = [clean, np.clip(d / (2 * eps) + 0.5, 0, 1), np.clip(clean + d, 0, 1)]
+  fig, axes = plt.subplots(3, len(cols), figsize=(1.2 * len(cols), 3.8), squeeze=False)
+  for r, (name, imgs) in enumerate(zip(("clean", "delta (amplified)", "poisoned"), rows)):
+    for c, img in enumerate(imgs):
+      ax = axes[r][c]
+      ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=1)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if c == 0:
+        ax.set_ylabel(name, fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

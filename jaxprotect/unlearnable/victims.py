@@ -1,0 +1,112 @@
+"""Victim evaluation: train a fresh model on the poisoned training set (and, beside it,
+on clean data with the same recipe) and report clean-test accuracy.
+
+``workdir/poisoned`` and ``workdir/clean`` are ordinary resumable training runs
+(``runner.fit``); ``workdir/results.json`` and ``workdir/report.md`` compare them, and
+``workdir/curves.png`` plots both training curves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from jaxprotect import config as config_lib, parallel, runner
+from jaxprotect.unlearnable import poison_io
+
+_DATASET_FIELDS = ("dataset", "data_dir", "layout", "train_subset", "num_devices", "progress", "tensorboard")
+
+
+def victim_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The victim's training config, with the dataset fields of the top level."""
+  v = ml_collections.ConfigDict(config.victim.to_dict())
+  for f in _DATASET_FIELDS:
+    v[f] = config[f]
+  return v
+
+
+def _curve(workdir: pathlib.Path) -> list[dict[str, Any]]:
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [r for r in map(json.loads, path.read_text().splitlines()) if "test_accuracy" in r]
+
+
+def _plot_curves(path: pathlib.Path, curves: dict[str, list[dict[str, Any]]]) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  for name, recs in curves.items():
+    if recs:
+      ax.plot([r["epoch"] for r in recs], [100 * r["test_accuracy"] for r in recs], marker=".", label=f"{name} (test)")
+      ax.plot([r["epoch"] for r in recs], [100 * r["train_accuracy"] for r in recs], ls="--", alpha=0.6,
+              label=f"{name} (train)")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("accuracy (%)")
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh=None) -> dict[str, Any]:
+  """Trains the victim on ``config.poison`` (a fraction ``config.poison_fraction`` of the
+  training set poisoned) and, if ``config.evaluate_clean``, on clean data."""
+  if not config.get("poison"):
+    raise ValueError("set --config.poison=<poison directory or crafting workdir>")
+  workdir = pathlib.Path(workdir)
+  mesh = mesh or parallel.make_mesh(config.num_devices or None)
+  vcfg = victim_config(config)
+  clean = runner.load_dataset(vcfg, mesh)
+  poison = poison_io.load_poison(config.poison, clean)
+  poisoned = poison_io.apply(clean, poison, config.poison_fraction, seed=config.seed)
+  runs = {"poisoned": runner.fit(vcfg, workdir / "poisoned", mesh, dataset=poisoned)}
+  if config.evaluate_clean:
+    runs["clean"] = runner.fit(vcfg, workdir / "clean", mesh, dataset=clean)
+  curves = {name: _curve(workdir / name) for name in runs}
+  results: dict[str, Any] = {
+      "poison": str(poison_io.resolve(config.poison)),
+      "method": poison.manifest.get("method"),
+      "mode": poison.mode,
+      "eps": poison.manifest.get("eps"),
+      "poison_fraction": config.poison_fraction,
+      "victim": {"model": vcfg.model, "epochs": vcfg.epochs, "augment": vcfg.augment},
+      "test_accuracy": {name: r["test_accuracy"] for name, r in runs.items()},
+      "class_accuracy": {name: r["class_accuracy"] for name, r in runs.items()},
+      "curves": curves,
+  }
+  if "clean" in runs:
+    results["accuracy_drop"] = runs["clean"]["test_accuracy"] - runs["poisoned"]["test_accuracy"]
+  if parallel.is_main_process():
+    config_lib.write_json_atomic(workdir / "results.json", results)
+    (workdir / "report.md").write_text(report_markdown(results))
+    _plot_curves(workdir / "curves.png", curves)
+  return results
+
+
+def report_markdown(results: dict[str, Any]) -> str:
+  acc = results["test_accuracy"]
+  lines = [
+      f"# Victim evaluation: {results['method']} ({results['mode']}-wise), eps {255 * results['eps']:.1f}/255, "
+      f"{100 * results['poison_fraction']:.0f}% poisoned",
+      "",
+      f"Victim: {results['victim']['model']}, {results['victim']['epochs']} epochs, augment "
+      f"`{results['victim']['augment'] or 'none'}`.",
+      "",
+      "| training data | clean-test accuracy | per class |",
+      "|---|---|---|",
+  ]
+  for name in acc:
+    per = " ".join(f"{100 * a:.0f}" for a in results["class_accuracy"][name])
+    lines.append(f"| {name} | {100 * acc[name]:.2f}% | {per} |")
+  if "accuracy_drop" in results:
+    lines += ["", f"Drop caused by the poison: {100 * results['accuracy_drop']:.2f} points."]
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,222 @@
+"""Unlearnable examples: PGD bounds, crafting on 8 devices = 1 device, kill-and-resume,
+poison files (checked loading, exports), and the effect of EM noise on real data."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxprotect import data, parallel
+from jaxprotect.cli import main as cli_main
+from jaxprotect.unlearnable import crafting, pgd, poison_io
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EM = str(REPO / "experiments" / "em.py")
+
+
+def test_pgd_steps_stay_in_the_eps_ball_and_the_pixel_range():
+  """Property test over random images (with saturated pixels), gradients, eps and steps."""
+  rng = np.random.default_rng(0)
+  step = jax.jit(pgd.sign_descent)
+  init = jax.jit(pgd.init_delta, static_argnums=(1,))
+  shapes = [(3, 5, 4, 1), (2, 6, 6, 3), (1, 3, 5, 2)]
+  for trial in range(60):
+    shape = shapes[trial % 3]
+    x_u8 = rng.choice([0, 255, 128], size=shape) if trial % 4 == 0 else rng.integers(0, 256, shape)
+    x_u8 = jnp.asarray(x_u8, jnp.uint8)
+    x = x_u8.astype(jnp.float32) / 255.0
+    eps = np.float32(rng.choice([1 / 255, 4 / 255, 8 / 255, 16 / 255, 0.5]))
+    alpha = np.float32(rng.uniform(0.1, 2.0) * eps)
+    d = init(jax.random.PRNGKey(trial), shape, eps, x_u8)
+    for _ in range(3):
+      assert float(jnp.max(jnp.abs(d))) <= eps
+      assert float(jnp.min(x + d)) >= -1e-6 and float(jnp.max(x + d)) <= 1 + 1e-6
+      g = jnp.asarray(rng.normal(size=shape) * (rng.uniform(size=shape) > 0.2), jnp.float32)
+      d = step(d, g, x, eps, alpha)
+  # the step descends: a gradient of +1 moves delta down by alpha where the box allows
+  x = jnp.full((1, 2, 2, 1), 0.5)
+  d = pgd.sign_descent(jnp.zeros_like(x), jnp.ones_like(x), x, 0.1, 0.03)
+  np.testing.assert_allclose(d, -0.03, rtol=1e-6)
+
+
+def test_pass_rows_cover_every_example_once():
+  pos, mask = pgd.pass_rows(10, 4)
+  assert pos.shape == (3, 4)
+  assert sorted(np.asarray(pos)[np.asarray(mask)].tolist()) == list(range(10))
+  pos, mask = pgd.pass_rows(8, 4)
+  assert pos.shape == (2, 4) and bool(jnp.all(mask))
+
+
+@pytest.fixture(scope="module")
+def host():
+  rng = np.random.default_rng(0)
+  n, k = 64, 4
+  labels = (np.arange(n) % k).astype(np.int32)
+  images = np.clip(rng.normal(60 * labels[:, None, None, None] + 40, 40, (n, 8, 8, 1)), 0, 255).astype(np.uint8)
+  split = data.ArraySplit(images=images, labels=labels, ids=np.arange(100, 100 + n, dtype=np.int32))
+  test = data.ArraySplit(images=images[:16], labels=labels[:16], ids=np.arange(16, dtype=np.int32))
+  return data.HostDataset(name="synthetic", train=split, test=test, num_classes=k, fingerprint=data.fingerprint(split, test))
+
+
+def _tiny_config(method="em", mode="sample"):
+  c = crafting.unlearnable_config()
+  c.method, c.mode = method, mode
+  c.model, c.model_kwargs.hidden = "mlp", (16,)
+  c.batch_size, c.eval_batch_size = 16, 16
+  c.pgd.batch_size, c.pgd.steps = 16, 2
+  c.train_steps, c.max_iterations, c.stop_error = 3, 2, 0.0
+  c.class_subset = 0.5
+  c.progress, c.tensorboard = False, False
+  c.export.preview = False
+  c.checkpoint.async_save = False
+  c.loop = "host"
+  return c
+
+
+@pytest.mark.parametrize("method,mode,layout,loop", [
+    ("em", "sample", "sharded", "scan"), ("em", "class", "replicated", "host"), ("mi_ue", "sample", "replicated", "host"),
+])
+def test_crafting_on_8_devices_equals_1_device(host, tmp_path, method, mode, layout, loop):
+  c = _tiny_config(method, mode)
+  c.pgd.loop = loop
+  c.layout = layout
+  deltas, results = [], []
+  for n in (1, 8):
+    mesh = parallel.make_mesh(n)
+    r = crafting.craft(c, tmp_path / f"d{n}", mesh, data.to_device(host, mesh, layout))
+    deltas.append(poison_io.load_poison(r["poison"]).delta)
+    results.append(r)
+  want = (64 if mode == "sample" else 4, 8, 8, 1)
+  assert deltas[0].shape == want
+  assert np.abs(deltas[0]).max() <= np.float32(c.eps)
+  assert np.abs(deltas[0]).max() > 0.5 * c.eps  # PGD moved the noise
+  # Sign steps amplify float noise only where a gradient is ~0: demand near-total agreement.
+  close = np.isclose(deltas[0], deltas[1], rtol=0, atol=1e-6)
+  assert close.mean() > 0.999, close.mean()
+  assert results[0]["iterations"] == results[1]["iterations"] == 2
+
+
+def test_bad_crafting_configs_are_refused(host, tmp_path):
+  mesh = parallel.make_mesh(1)
+  ds = data.to_device(host, mesh)
+  for field, value, match in (("method", "tap", "unknown unlearnable method"), ("mode", "pixel", "mode"),
+                              ("eps", 0.0, "eps")):
+    c = _tiny_config()
+    c[field] = value
+    with pytest.raises(ValueError, match=match):
+      crafting.craft(c, tmp_path / field, mesh, ds)
+  c = _tiny_config("mi_ue", "class")
+  with pytest.raises(ValueError, match="sample"):
+    crafting.craft(c, tmp_path / "miue", mesh, ds)
+
+
+def test_poison_files_are_checked_and_exported(host, tmp_path):
+  mesh = parallel.make_mesh(1)
+  ds = data.to_device(host, mesh)
+  delta = np.asarray(pgd.init_delta(jax.random.PRNGKey(0), (64, 8, 8, 1), 8 / 255, ds.train.images))
+  c = _tiny_config()
+  manifest = poison_io.save_poison(tmp_path / "p", delta, "sample", ds, config=c)
+  assert manifest["dataset"]["fingerprint"] == ds.fingerprint and manifest["eps"] == c.eps
+  p = poison_io.load_poison(tmp_path / "p", ds)
+  np.testing.assert_array_equal(p.delta, delta)
+  np.testing.assert_array_equal(p.ids, host.train.ids)
+
+  # exports: the npz loads as a dataset whose images are the rounded poisoned images
+  path = poison_io.export_npz(tmp_path / "poisoned.npz", ds, p)
+  loaded = data.load_arrays(str(path))
+  want = np.round(np.clip(host.train.images / 255.0 + delta, 0, 1) * 255).astype(np.uint8)
+  assert np.abs(loaded.train.images.astype(int) - want.astype(int)).max() <= 1
+  np.testing.assert_array_equal(loaded.train.ids, host.train.ids)
+  png = poison_io.export_png(tmp_path / "png", ds, p)
+  assert len(list(png.glob("*/*.png"))) == 64 and sorted(q.name for q in png.iterdir()) == ["0", "1", "2", "3"]
+
+  # partial poisoning: only the chosen fraction is perturbed, class noise is expanded per example
+  half = poison_io.apply(ds, p, fraction=0.25, seed=1)
+  rows = np.abs(np.asarray(half.train.delta)).reshape(64, -1).max(1) > 0
+  assert rows.sum() == 16 and half.fingerprint != ds.fingerprint
+  cls = poison_io.save_poison(tmp_path / "c", delta[:4], "class", ds, config=c)
+  assert cls["mode"] == "class"
+  cp = poison_io.apply(ds, poison_io.load_poison(tmp_path / "c", ds), fraction=0.5)
+  assert cp.train.delta_mode == "sample" and cp.train.delta.shape == (64, 8, 8, 1)
+
+  # refusals: another dataset, a modified file, a missing poison
+  other = data.to_device(data.subset(host, 32), mesh)
+  with pytest.raises(ValueError, match="crafted on"):
+    poison_io.load_poison(tmp_path / "p", other)
+  raw = (tmp_path / "p" / "delta.npy").read_bytes()
+  (tmp_path / "p" / "delta.npy").write_bytes(raw[:-8])
+  with pytest.raises(ValueError, match="SHA-256"):
+    poison_io.load_poison(tmp_path / "p")
+  with pytest.raises(ValueError, match="no poison"):
+    poison_io.load_poison(tmp_path / "nowhere")
+
+
+CRAFT_ARGS = [
+    "--config", EM + ":fashion_mnist_mini", "--config.train_subset=256", "--config.model=mlp",
+    "--config.batch_size=64", "--config.pgd.batch_size=64",
+    "--config.pgd.steps=2", "--config.train_steps=3", "--config.max_iterations=4", "--config.stop_error=0.0",
+    "--config.progress=False", "--config.num_devices=1", "--config.eval_batch_size=256",
+]
+
+
+def _craft(workdir, kill_at=None):
+  env = dict(os.environ)
+  env.pop("JAXPROTECT_KILL_AT_ITERATION", None)
+  if kill_at:
+    env["JAXPROTECT_KILL_AT_ITERATION"] = str(kill_at)
+  cmd = [sys.executable, "-m", "jaxprotect.cli", "poison", *CRAFT_ARGS, "--workdir", str(workdir)]
+  return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_killed_craft_resumes_to_identical_perturbations(tmp_path):
+  killed = _craft(tmp_path / "run", kill_at=2)
+  assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
+  assert not (tmp_path / "run" / "poison").exists()
+  resumed = _craft(tmp_path / "run")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "4 iterations" in resumed.stdout
+  # the uninterrupted run, in this process
+  assert cli_main(["poison", *CRAFT_ARGS, "--workdir", str(tmp_path / "ref")]) == 0
+  a = poison_io.load_poison(tmp_path / "ref")
+  b = poison_io.load_poison(tmp_path / "run")
+  np.testing.assert_array_equal(a.delta, b.delta)
+  ra, rb = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("ref", "run"))
+  assert ra["surrogate_params_sha256"] == rb["surrogate_params_sha256"]
+  logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert logged == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_em_noise_is_error_minimizing_on_real_data_and_victims_are_evaluated(tmp_path):
+  """On 1,000 real Fashion-MNIST images: crafting reaches the stop rule (surrogate error
+  on the perturbed set < 1%) and the noise carries what the surrogate relies on (its
+  accuracy drops by >= 5 points when the same images are shown clean); ``poison
+  --export=npz`` and ``evaluate`` run end to end and report both victims.
+
+  (Victims trained on this poison are *not* asserted to fail: on Fashion-MNIST, at eps
+  8/255, we measured no drop for small CNN and MLP victims -- see the issue notes.)
+  """
+  common = ["--config", EM + ":fashion_mnist_mini", "--config.train_subset=1000", "--config.num_devices=1",
+            "--config.progress=False", "--config.model=mlp",
+            "--config.batch_size=32", "--config.train_steps=5", "--config.pgd.batch_size=250",
+            "--config.pgd.steps=10", "--config.max_iterations=60", "--config.victim.model=mlp",
+            "--config.victim.epochs=3", "--config.victim.batch_size=100"]
+  assert cli_main(["poison", *common, "--workdir", str(tmp_path / "craft"), "--export=npz"]) == 0
+  craft = json.loads((tmp_path / "craft" / "results.json").read_text())
+  assert craft["stopped_early"] and craft["perturbed_train_accuracy"] > 0.99, craft
+  assert craft["perturbed_train_accuracy"] - craft["clean_train_accuracy"] >= 0.05, craft
+  assert (tmp_path / "craft" / "poison" / "preview.png").exists()
+  assert (tmp_path / "craft" / "poisoned_train.npz").exists()
+  assert cli_main(["evaluate", *common, f"--config.poison={tmp_path / 'craft'}", "--workdir", str(tmp_path / "eval")]) == 0
+  res = json.loads((tmp_path / "eval" / "results.json").read_text())
+  assert set(res["test_accuracy"]) == {"poisoned", "clean"} and res["poison_fraction"] == 1.0
+  assert len(res["curves"]["poisoned"]) == 3 and res["test_accuracy"]["clean"] > 0.4
+  assert (tmp_path / "eval" / "curves.png").exists() and "Drop caused" in (tmp_path / "eval" / "report.md").read_text()
