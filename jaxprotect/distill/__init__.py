@@ -1,0 +1,26 @@
+"""Undistillable models (METHODS §4-5): CMIM and Nasty teachers, knock-off students, report.
+
+Modules (imported lazily, as in the top-level package):
+
+* ``teacher``  -- CE / Nasty / CMIM teachers through ``runner.fit`` (CMIM's centroids
+  live in ``state.extra``), export (``teacher.json`` + ``teacher.msgpack``), loading;
+* ``curve``    -- CMI(T) over a log grid of temperatures on the train and test splits
+  (JSON + PNG);
+* ``blackbox`` -- ``BlackBoxTeacher``: query-only access (images -> output vectors) and
+  the batch hook that hands the outputs to a student's loss;
+* ``students`` -- attack losses (vanilla KD, DKD, Skeptical, hard-label, logit-MSE) and
+  the Skeptical student's auxiliary heads;
+* ``attack``   -- knock-off and baseline (CE, LS) students for several seeds;
+* ``report``   -- teacher accuracy, CE/LS students, knock-offs, Delta, verdict;
+* ``cli``      -- ``jaxprotect distill {teacher,attack,report}``.
+"""
+
+import importlib
+
+_SUBMODULES = ("attack", "blackbox", "cli", "curve", "report", "students", "teacher")
+
+
+def __getattr__(name):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"jaxprotect.distill.{name}")
+  raise AttributeError(f"module 'jaxprotect.distill' has no attribute {name!r}")

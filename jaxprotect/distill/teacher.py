@@ -1,0 +1,290 @@
+"""Teachers: CE, Nasty Teacher and CMIM, trained through ``runner.fit``; export and loading.
+
+A teacher run directory is an ordinary ``fit`` run directory (resumable after a kill)
+plus, once training has finished:
+
+* ``teacher.msgpack`` -- the trained variables (params and BatchNorm statistics);
+* ``teacher.json`` -- what the attack needs to rebuild the model, and the teacher's
+  test accuracy, method and parameter digest;
+* ``cmi_curve.json`` / ``cmi_curve.png`` -- CMI(T) on the train and test splits.
+
+A Nasty teacher needs a frozen, normally trained reference: ``nasty.reference`` names a
+finished teacher directory, or (empty) a CE reference is trained first in
+``<workdir>/reference``.
+
+CMIM keeps one K x K centroid matrix per temperature in ``state.extra["centroids"]``
+(checkpointed with the state): initialised by a full pass of the initial model over the
+training split (evaluation mode), then updated every step by an EMA from the global
+batch (``losses.update_centroids``); the loss uses the centroids from before the step's
+update (stop-gradient).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxprotect import checkpoint, config as config_lib, data, losses, models, parallel, runner, train
+from jaxprotect.distill import blackbox
+
+METHODS = ("ce", "nasty", "cmim")
+TEACHER_JSON = "teacher.json"
+TEACHER_VARIABLES = "teacher.msgpack"
+# the fields of the experiment config that make up a plain supervised run (train_config())
+TRAIN_FIELDS = tuple(config_lib.train_config().keys())
+_CMIM_KEY_SALT = 0x434D494D  # "CMIM": separates the temperature-draw stream from the run's
+
+
+# ---------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------
+
+def cmim_stateful_loss(temperatures: tuple[float, ...], lam: float, aggregation: str = "mean", weighting: str = "t2",
+                       decay: float = losses.DEFAULT_CENTROID_DECAY, seed: int = 0, lam_warmup_steps: int = 0,
+                       label_smoothing: float = 0.0):
+  """The CMIM teacher loss as a ``train.stateful`` loss over ``extra = {"centroids": T x K x K}``.
+
+  Per example: ``CE + lam_t * aggregate_T KL(softmax(z / T) || Q_y^T)`` with the current
+  centroids (``losses.cmim_loss``); ``lam_t`` ramps linearly from 0 to ``lam`` over
+  ``lam_warmup_steps`` (0: constant). The new extra holds the EMA-updated centroids
+  (``losses.update_centroids``, global batch). ``aggregation="random"`` draws the
+  temperature from ``fold_in(key(seed), step)``.
+  """
+  temps_T = jnp.asarray(temperatures, jnp.float32)
+  if aggregation not in losses.AGGREGATIONS:
+    raise ValueError(f"unknown CMI aggregation {aggregation!r}; use one of {losses.AGGREGATIONS}")
+  if weighting not in losses.WEIGHTINGS:
+    raise ValueError(f"unknown CMI weighting {weighting!r}; use one of {losses.WEIGHTINGS}")
+
+  @train.stateful
+  def loss_fn(outputs, batch, extra):
+    logits_BxK, _ = outputs
+    labels_B, step = batch["label"], batch["step"]
+    key = jax.random.fold_in(jax.random.PRNGKey(seed ^ _CMIM_KEY_SALT), step) if aggregation == "random" else None
+    lam_t = lam * (jnp.minimum((step + 1) / lam_warmup_steps, 1.0) if lam_warmup_steps else 1.0)
+    loss_B = losses.cmim_loss(logits_BxK, labels_B, extra["centroids"], temps_T, lam_t, aggregation, weighting, key,
+                              label_smoothing)
+    new = {"centroids": losses.update_centroids(extra["centroids"], logits_BxK, labels_B, temps_T, decay)}
+    return loss_B, new
+
+  return loss_fn
+
+
+def nasty_loss(tau: float, omega: float):
+  """The Nasty Teacher loss on ``batch["ref_logits"]`` (added by ``blackbox.teacher_hook``)."""
+
+  def loss_fn(outputs, batch):
+    return losses.nasty_teacher_loss(outputs[0], batch["ref_logits"], batch["label"], tau, omega)
+
+  return loss_fn
+
+
+# ---------------------------------------------------------------------------------------
+# Full passes: logits of a split, centroids
+# ---------------------------------------------------------------------------------------
+
+def make_logits_fn(model, mesh: Mesh, batch_size: int):
+  """``logits_fn(variables, split) -> logits_NxK`` over a whole split in evaluation mode
+  (one jitted scan; the last batch is padded and the padding dropped)."""
+  parallel.check_divisible(batch_size, mesh, "eval batch_size")
+  batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
+
+  @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+  def logits_fn(variables, split: data.DeviceSplit):
+    n = split.size
+    steps = -(-n // batch_size)
+    pos = jnp.arange(steps * batch_size).reshape(steps, batch_size)
+
+    def body(_, pos_B):
+      pos_B = jax.lax.with_sharding_constraint(pos_B, batch_sharding)
+      x, _ = split.gather(jnp.minimum(pos_B, n - 1))
+      logits_BxK, _ = model.apply(variables, x, train=False)
+      return None, logits_BxK.astype(jnp.float32)
+
+    _, out = jax.lax.scan(body, None, pos)
+    return out.reshape(steps * batch_size, -1)[:n]
+
+  return logits_fn
+
+
+def initial_centroids(model, variables, split: data.DeviceSplit, temperatures, mesh: Mesh,
+                      batch_size: int) -> jax.Array:
+  """Full-pass centroids ``T x K x K`` of ``model`` with ``variables`` over ``split``."""
+  logits_NxK = make_logits_fn(model, mesh, batch_size)(variables, split)
+  centroids = losses.class_mean_centroids(logits_NxK, split.labels, jnp.asarray(temperatures, jnp.float32))
+  return jax.device_put(centroids, parallel.replicated(mesh))
+
+
+# ---------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------
+
+def train_part(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The plain supervised-training fields of an experiment config (a fresh ConfigDict)."""
+  return ml_collections.ConfigDict({k: config[k] for k in TRAIN_FIELDS if k in config})
+
+
+def teacher_run_config(config: ml_collections.ConfigDict, method: str | None = None,
+                       reference_sha: str | None = None) -> ml_collections.ConfigDict:
+  """The config hashed into the teacher's checkpoints: the training fields plus the
+  method's settings (and nothing about students, so attack settings can change freely)."""
+  method = method or config.method
+  if method not in METHODS:
+    raise ValueError(f"unknown teacher method {method!r}; use one of {METHODS}")
+  c = train_part(config)
+  c.teacher = ml_collections.ConfigDict({"method": method})
+  if method == "cmim":
+    c.teacher.cmim = ml_collections.ConfigDict(config.cmim.to_dict())
+  elif method == "nasty":
+    c.teacher.nasty = ml_collections.ConfigDict({"tau": config.nasty.tau, "omega": config.nasty.omega,
+                                                 "reference_sha256": reference_sha or ""})
+  return c
+
+
+def _check_cmim(cfg: ml_collections.ConfigDict) -> None:
+  temps = tuple(cfg.temperatures)
+  if not temps or any(t <= 0 for t in temps):
+    raise ValueError(f"cmim.temperatures must be positive, got {temps}")
+  if not 0.0 <= cfg.decay < 1.0:
+    raise ValueError(f"cmim.decay must be in [0, 1), got {cfg.decay}")
+  if cfg.lam < 0:
+    raise ValueError(f"cmim.lam must be >= 0, got {cfg.lam}")
+
+
+# ---------------------------------------------------------------------------------------
+# Training, export, loading
+# ---------------------------------------------------------------------------------------
+
+def build_model(run_config: ml_collections.ConfigDict, num_classes: int):
+  return models.get(run_config.model, num_classes, dtype=run_config.dtype, **run_config.model_kwargs.to_dict())
+
+
+def _final_state(run_config, workdir: pathlib.Path, ds: data.DeviceDataset, model, extra) -> train.TrainState:
+  """The state ``fit`` ended with, restored from the run's last checkpoint."""
+  steps_per_epoch = ds.train.size // run_config.batch_size
+  optimizer = train.make_optimizer(run_config.optimizer, steps_per_epoch, run_config.epochs)
+  like = train.init_state(model, optimizer, ds.example, jax.random.PRNGKey(run_config.seed), ds.mesh, extra=extra)
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config_lib.config_hash(run_config), async_save=False)
+  try:
+    state, _ = ckpt.restore(like)
+  finally:
+    ckpt.close()
+  if int(state.step) != steps_per_epoch * run_config.epochs:
+    raise ValueError(f"{workdir}: last checkpoint is at step {int(state.step)}, not the end of training")
+  return state
+
+
+def train_teacher(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh: Mesh | None = None,
+                  dataset: data.DeviceDataset | None = None) -> dict[str, Any]:
+  """Trains (or resumes) the teacher ``config.method`` in ``workdir`` and exports it.
+
+  Returns the teacher manifest (also written to ``teacher.json``). The CMI curve is
+  written as well when ``config.curve.enabled``.
+  """
+  workdir = pathlib.Path(workdir)
+  method = config.method
+  if method not in METHODS:
+    raise ValueError(f"unknown teacher method {method!r}; use one of {METHODS}")
+  mesh = mesh or parallel.make_mesh(config.num_devices or None)
+  ds = dataset or runner.load_dataset(config, mesh)
+
+  kw: dict[str, Any] = {}
+  reference_sha = None
+  if method == "nasty":
+    ref_dir = pathlib.Path(config.nasty.reference) if config.nasty.reference else workdir / "reference"
+    if not config.nasty.reference:
+      ref_cfg = ml_collections.ConfigDict(config.to_dict())
+      ref_cfg.method = "ce"
+      ref_cfg.curve.enabled = False
+      train_teacher(ref_cfg, ref_dir, mesh, ds)
+    ref_model, ref_vars, ref_manifest = load_teacher(ref_dir)
+    ref_ds = ref_manifest["dataset"]
+    if ref_manifest["num_classes"] != ds.num_classes or list(ref_ds["image_shape"]) != list(ds.train.image_shape):
+      raise ValueError(f"Nasty teacher reference {ref_dir} was trained on {ref_ds['name']} "
+                       f"({ref_manifest['num_classes']} classes, images {ref_ds['image_shape']}), not on {ds.name!r}")
+    reference_sha = ref_manifest["params_sha256"]
+    kw["batch_fn"] = blackbox.teacher_hook("logits", key="ref_logits")
+    kw["aux"] = blackbox.BlackBoxTeacher(ref_model, ref_vars, "logits", mesh)
+    kw["loss_fn"] = nasty_loss(config.nasty.tau, config.nasty.omega)
+
+  run_config = teacher_run_config(config, method, reference_sha)
+  model = build_model(run_config, ds.num_classes)
+  if method == "cmim":
+    cfg = config.cmim
+    _check_cmim(cfg)
+    steps_per_epoch = ds.train.size // run_config.batch_size
+    kw["loss_fn"] = cmim_stateful_loss(
+        tuple(cfg.temperatures), cfg.lam, cfg.aggregation, cfg.weighting, cfg.decay, config.seed,
+        int(round(cfg.lam_warmup_epochs * steps_per_epoch)), config.label_smoothing)
+    # the parameters fit will start from (init_state is deterministic in the key)
+    init = train.init_state(model, optax.identity(), ds.example, jax.random.PRNGKey(run_config.seed), mesh)
+    centroids = initial_centroids(model, train.variables_of(init), ds.train, cfg.temperatures, mesh,
+                                  run_config.eval_batch_size)
+    kw["extra"] = {"centroids": centroids}
+
+  results = runner.fit(run_config, workdir, mesh, ds, model=model, **kw)
+  state = _final_state(run_config, workdir, ds, model, kw.get("extra"))
+  variables = jax.device_get(train.variables_of(state))
+  manifest = {
+      "method": method,
+      "model": run_config.model,
+      "model_kwargs": run_config.model_kwargs.to_dict(),
+      "dtype": run_config.dtype,
+      "num_classes": ds.num_classes,
+      "dataset": data.describe(ds),
+      "test_accuracy": results["test_accuracy"],
+      "params_sha256": results["params_sha256"],
+      "config_hash": results["config_hash"],
+      "settings": run_config.teacher.to_dict(),
+  }
+  if parallel.is_main_process():
+    _write_bytes_atomic(workdir / TEACHER_VARIABLES, flax.serialization.msgpack_serialize(_plain(variables)))
+    config_lib.write_json_atomic(workdir / TEACHER_JSON, manifest)
+  if config.curve.enabled:
+    from jaxprotect.distill import curve
+
+    curve.write_cmi_curve(model, variables, ds, workdir, config.curve, mesh, run_config.eval_batch_size)
+  return manifest
+
+
+def load_teacher(workdir: str | pathlib.Path):
+  """``(model, variables, manifest)`` of a finished teacher directory.
+
+  For the owner of the teacher (the Nasty teacher's reference, the CMI curve, and
+  building the black box); attack code only ever receives a ``BlackBoxTeacher``.
+  """
+  workdir = pathlib.Path(workdir)
+  manifest_path, vars_path = workdir / TEACHER_JSON, workdir / TEACHER_VARIABLES
+  if not manifest_path.exists() or not vars_path.exists():
+    raise ValueError(f"{workdir} is not a finished teacher directory (no {TEACHER_JSON} / {TEACHER_VARIABLES}); "
+                     "run `jaxprotect distill teacher` there first")
+  manifest = json.loads(manifest_path.read_text())
+  model = models.get(manifest["model"], manifest["num_classes"], dtype=manifest["dtype"], **manifest["model_kwargs"])
+  variables = flax.serialization.msgpack_restore(vars_path.read_bytes())
+  variables = jax.tree.map(lambda a: np.asarray(a, np.float32), dict(variables))
+  if runner.params_digest(variables["params"]) != manifest["params_sha256"]:
+    raise ValueError(f"{vars_path} does not match the parameter digest in {manifest_path}")
+  return model, variables, manifest
+
+
+def _plain(tree: Any) -> Any:
+  """Nested plain dicts of numpy arrays (msgpack-serialisable)."""
+  if isinstance(tree, dict) or hasattr(tree, "items"):
+    return {str(k): _plain(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def _write_bytes_atomic(path: pathlib.Path, blob: bytes) -> None:
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_bytes(blob)
+  tmp.replace(path)
