@@ -171,7 +171,8 @@ def read_idx_dir(directory: str | os.PathLike) -> dict[tuple[str, str], tuple[np
   return {key: (read_idx(path), path) for key, path in paths.items()}
 
 
-def _sha256_file(path: pathlib.Path) -> str:
+def sha256_file(path: pathlib.Path) -> str:
+  """SHA-256 hex digest of a file, read in 1 MiB blocks."""
   digest = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -211,6 +212,6 @@ def verify_sha256sums(directory: str | os.PathLike) -> None:
     path = directory / filename
     if not path.is_file():
       raise ValueError(f"{path}: listed in {sums_path} but missing")
-    actual = _sha256_file(path)
+    actual = sha256_file(path)
     if actual != expected:
       raise ValueError(f"{path}: sha256 mismatch (expected {expected}, got {actual}; see {sums_path})")

@@ -88,6 +88,7 @@ def with_dataset(c: ml_collections.ConfigDict, dataset: str) -> ml_collections.C
   if dataset in ("fashion_mnist_mini", "fashion_mnist_cpu"):
     c.dataset = "fashion_mnist_mini" if dataset == "fashion_mnist_mini" else "fashion_mnist"
     c.model = "small_cnn"
+    c.model_kwargs = ml_collections.ConfigDict({"width": 32})  # overridable: --config.model_kwargs.width=16
     c.optimizer.lr = 0.05
     c.pgd.batch_size = 256
     c.victim.model = "small_cnn"

@@ -31,17 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprotect import data
+from jaxprotect.data.idx import sha256_file
 
 FORMAT = "jaxprotect-poison-1"
 MANIFEST = "manifest.json"
-
-
-def _sha256(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def _code_version() -> str:
@@ -99,7 +92,7 @@ def save_poison(directory: os.PathLike | str, delta: np.ndarray, mode: str, ds: 
         "dataset": data.describe(ds),
         "jaxprotect_version": _code_version(),
         "stats": stats or {},
-        "files": {f: _sha256(tmp / f) for f in files},
+        "files": {f: sha256_file(tmp / f) for f in files},
     }
     with open(tmp / MANIFEST, "w") as f:
       json.dump(manifest, f, indent=2, sort_keys=True, default=str)
@@ -132,7 +125,7 @@ def load_poison(directory: os.PathLike | str, ds: data.DeviceDataset | None = No
   for name, want in manifest["files"].items():
     if not (p / name).exists():
       raise ValueError(f"{p / name}: missing (listed in the manifest)")
-    if _sha256(p / name) != want:
+    if sha256_file(p / name) != want:
       raise ValueError(f"{p / name}: SHA-256 does not match the manifest; the poison was modified or truncated")
   delta = np.load(p / "delta.npy")
   mode = manifest["mode"]
