@@ -21,8 +21,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --durations=20 tests
 
+# The side-by-side benchmark (python -m jaxprotect.bench); PyTorch rows need the bench
+# extra (pip install -e '.[bench]'), else they are skipped. E.g. make bench BENCH_ARGS=--quick
 bench: $(STAMP)
-	$(PY) experiments/bench/train_throughput.py $(BENCH_ARGS)
+	$(PY) -m jaxprotect.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

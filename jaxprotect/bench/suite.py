@@ -1,0 +1,165 @@
+"""Runs the workloads on every implementation and turns measurements into rows.
+
+Protocol of a runner (``jax_impl`` and ``torch_impl``): ``mode`` (a description),
+``setup()`` (build, compile, warm up; untimed), ``run()`` (one timed repeat, returning a
+dict of measurements) and ``details()`` (what the row records besides the value).
+Within a workload the implementations are set up first, then their timed repeats are
+interleaved (jax, torch eager, torch tuned, jax, ...), so that load from other processes
+on a shared machine falls on all of them alike; the median repeat is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import importlib.util
+from typing import Any
+
+import jax
+
+from jaxprotect.bench import common, jax_impl
+from jaxprotect.bench.common import Size
+
+# workload -> (unit, higher is better, description)
+WORKLOADS: dict[str, tuple[str, bool | None, str]] = {
+    "train_step": ("images/s", True, "victim training step: SGD momentum 0.9, wd 5e-4, CE"),
+    "em_pgd": ("image-steps/s", True, "EM PGD pass over a training set (CE, surrogate in eval mode)"),
+    "mi_ue_pgd": ("image-steps/s", True, "MI-UE PGD pass (feature contrastive loss, t = 0.1)"),
+    "e2e_em": ("s", False, "EM sample-wise craft (10 train + 20 PGD steps per iteration, stop rule, capped) "
+                           "+ victim training"),
+    "cmim_step": ("x", None, "CMIM step time / CE step time (6 temperatures, EMA centroids)"),
+}
+JAX_IMPLS = {"jax": "float32", "jax_bf16": "bfloat16"}
+TORCH_IMPLS = ("torch_eager", "torch_tuned")
+IMPLS = (*JAX_IMPLS, *TORCH_IMPLS)
+REFERENCES = TORCH_IMPLS  # ratios are taken against these
+
+
+@dataclasses.dataclass
+class Options:
+  """How to run: workloads, implementations, size and the torch.compile policy.
+
+  ``torch_compile``: ``"all"``, ``"none"`` or a comma-separated list of workloads whose
+  tuned PyTorch runner compiles its model.
+  """
+
+  size: Size
+  workloads: tuple[str, ...] = tuple(WORKLOADS)
+  impls: tuple[str, ...] = ("jax", "torch_eager", "torch_tuned")
+  torch_compile: str = "all"
+
+  def compiles(self, workload: str) -> bool:
+    if self.torch_compile == "all":
+      return True
+    if self.torch_compile == "none":
+      return False
+    return workload in self.torch_compile.split(",")
+
+
+def torch_status() -> tuple[bool, str]:
+  """(importable, reason when not)."""
+  if importlib.util.find_spec("torch") is None:
+    return False, "torch is not installed (install the bench extra: pip install -e '.[bench]')"
+  try:
+    import torch  # noqa: F401, PLC0415
+  except Exception as e:  # noqa: BLE001 -- a broken install is reported, not raised
+    return False, f"torch does not import: {common.short_reason(e)}"
+  return True, ""
+
+
+def jax_device() -> str:
+  d = jax.devices()[0]
+  if d.platform == "cpu":
+    return f"cpu ({common.cpu_name()})"
+  return f"{d.device_kind} x{len(jax.devices())}" if len(jax.devices()) > 1 else d.device_kind
+
+
+def make_runner(impl: str, workload: str, opts: Options):
+  if impl in JAX_IMPLS:
+    return jax_impl.make_runner(workload, opts.size, JAX_IMPLS[impl])
+  from jaxprotect.bench import torch_impl  # noqa: PLC0415 -- optional dependency
+
+  compiles = opts.compiles(workload)
+  return torch_impl.make_runner(workload, opts.size, tuned=impl == "torch_tuned", compile_model=compiles,
+                                compile_skip_reason="" if compiles else f"--torch-compile={opts.torch_compile}")
+
+
+def _device_of(impl: str) -> str:
+  if impl in JAX_IMPLS:
+    return jax_device()
+  from jaxprotect.bench import torch_impl  # noqa: PLC0415
+
+  return torch_impl.device_name()
+
+
+def summarize(workload: str, samples: list[dict[str, float]]) -> tuple[float, dict[str, Any]]:
+  """The row's value from the timed repeats, and the per-repeat figures."""
+  if workload == "e2e_em":
+    return samples[0]["seconds"], {}
+  if workload == "cmim_step":
+    ce, cmim = common.median([s["ce_s"] for s in samples]), common.median([s["cmim_s"] for s in samples])
+    return cmim / ce, {"ce_ms": 1e3 * ce, "cmim_ms": 1e3 * cmim, "repeats": len(samples)}
+  rates = [s["units"] / s["seconds"] for s in samples]
+  return common.median(rates), {"repeats": len(samples), "per_repeat": rates}
+
+
+def speed_ratio(value: float | None, other: float | None, workload: str) -> float | None:
+  """How many times faster ``value``'s implementation is than ``other``'s (> 1: faster):
+  a throughput over a throughput, or the other's time over this one's."""
+  higher = WORKLOADS[workload][1]
+  if value is None or other is None or higher is None or value <= 0 or other <= 0:
+    return None
+  return value / other if higher else other / value
+
+
+def run_workload(workload: str, opts: Options, log=print) -> list[dict[str, Any]]:
+  """Rows of one workload for every implementation of ``opts`` (failures become n/a rows)."""
+  unit = WORKLOADS[workload][0]
+  runners, failed = {}, {}
+  for impl in opts.impls:
+    try:
+      runner = make_runner(impl, workload, opts)
+      log(f"  {workload} / {impl}: set-up and warm-up ...")
+      runner.setup()
+      runners[impl] = runner
+    except Exception as e:  # noqa: BLE001 -- one failing implementation must not stop the others
+      failed[impl] = common.short_reason(e)
+      log(f"  {workload} / {impl}: FAILED in set-up: {failed[impl]}")
+  samples: dict[str, list[dict[str, float]]] = {impl: [] for impl in runners}
+  repeats = 1 if workload == "e2e_em" else opts.size.repeats
+  for _ in range(repeats):
+    for impl in list(runners):
+      try:
+        samples[impl].append(runners[impl].run())
+      except Exception as e:  # noqa: BLE001
+        failed[impl] = common.short_reason(e)
+        log(f"  {workload} / {impl}: FAILED: {failed[impl]}")
+        del runners[impl]
+  rows = []
+  for impl in opts.impls:
+    row = {"workload": workload, "implementation": impl, "mode": "", "device": "", "value": None, "unit": unit,
+           "ratio_vs": None, "details": {}}
+    try:
+      row["device"] = _device_of(impl)
+    except Exception:  # noqa: BLE001
+      row["device"] = "?"
+    if impl in runners:
+      value, extra = summarize(workload, samples[impl])
+      row.update(mode=runners[impl].mode, value=value, details={**runners[impl].details(), **extra})
+    else:
+      row.update(mode=f"n/a: {failed.get(impl, 'not run')}", details={"error": failed.get(impl, "not run")})
+    rows.append(row)
+    shown = "n/a" if row["value"] is None else f"{row['value']:.4g}"
+    log(f"  {workload} / {impl}: {shown} {unit}")
+  load = common.load_average()
+  for row in rows:
+    row["details"]["load_average_after"] = load
+  by_impl = {r["implementation"]: r["value"] for r in rows}
+  for row in rows:
+    ratios = {ref: speed_ratio(row["value"], by_impl.get(ref), workload)
+              for ref in REFERENCES if ref in by_impl and ref != row["implementation"]}
+    ratios = {k: v for k, v in ratios.items() if v is not None}
+    row["ratio_vs"] = ratios or None
+  del runners
+  gc.collect()
+  return rows

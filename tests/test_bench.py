@@ -1,0 +1,152 @@
+"""The side-by-side benchmark: the command end to end at the tiny size, its outputs, the
+Markdown section replacement, the no-PyTorch path, and no recompilation of the step."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from jaxprotect import models
+from jaxprotect.bench import cli, common, jax_impl, report, suite
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+ROW_FIELDS = {"workload", "implementation", "mode", "device", "value", "unit", "ratio_vs"}
+
+
+def _single_device_env() -> dict[str, str]:
+  """The environment without conftest's 8 simulated devices (the bench runs as a user would)."""
+  env = dict(os.environ)
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+  env["XLA_FLAGS"] = " ".join(flags)
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONUNBUFFERED"] = "1"
+  return env
+
+
+@pytest.mark.slow
+def test_bench_command_tiny_end_to_end(tmp_path):
+  """``python -m jaxprotect.bench --tiny`` runs every workload on jax and (when importable)
+  both PyTorch modes, writes the JSON rows and the Markdown section, keeps the rest of
+  the Markdown file, and says what it skipped."""
+  md = tmp_path / "BENCHMARKS.md"
+  md.write_text("# Benchmarks\n\nHand-written intro.\n\n<!-- bench:cpu:start -->\nold table\n<!-- bench:cpu:end -->\n\n"
+                "## Notes\n\nHand-written notes.\n")
+  out_json = tmp_path / "results.json"
+  impls = "jax,torch_eager,torch_tuned" if HAVE_TORCH else "jax"
+  cmd = [sys.executable, "-m", "jaxprotect.bench", "--tiny", "--impl", impls, "--out-json", str(out_json),
+         "--out-md", str(md)]
+  proc = subprocess.run(cmd, cwd=REPO, env=_single_device_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "| workload | unit |" in proc.stdout
+
+  results = json.loads(out_json.read_text())
+  assert set(results) == {"cpu"}
+  meta, rows = results["cpu"]["metadata"], results["cpu"]["rows"]
+  for key in ("date", "device", "versions", "command", "load_average_before", "load_average_after"):
+    assert key in meta, key
+  assert meta["versions"]["jax"] == jax.__version__
+  assert "--tiny" in meta["command"] and "jaxprotect.bench" in meta["command"]
+  workloads = set(suite.WORKLOADS) if jax_impl.cmim_available() else set(suite.WORKLOADS) - {"cmim_step"}
+  assert {r["workload"] for r in rows} == workloads
+  for r in rows:
+    assert ROW_FIELDS <= set(r), r
+  by = {(r["workload"], r["implementation"]): r for r in rows}
+  for w in workloads:
+    jr = by[(w, "jax")]
+    assert jr["value"] is not None and jr["value"] > 0, jr
+    assert jr["unit"] == suite.WORKLOADS[w][0]
+    if HAVE_TORCH:
+      for impl in ("torch_eager", "torch_tuned"):
+        assert by[(w, impl)]["value"] is not None, by[(w, impl)]
+      if w != "cmim_step":
+        assert set(jr["ratio_vs"]) == {"torch_eager", "torch_tuned"}
+        assert jr["ratio_vs"]["torch_eager"] == pytest.approx(
+            suite.speed_ratio(jr["value"], by[(w, "torch_eager")]["value"], w), rel=1e-4)
+  assert by[("train_step", "jax")]["details"]["compiled_variants"] == 1
+  if not HAVE_TORCH:
+    assert any("PyTorch rows" in s for s in meta["skipped"])
+
+  text = md.read_text()
+  assert text.startswith("# Benchmarks\n\nHand-written intro.\n")
+  assert text.rstrip().endswith("## Notes\n\nHand-written notes.")
+  assert "old table" not in text
+  assert text.count("<!-- bench:cpu:start -->") == 1 and text.count("<!-- bench:cpu:end -->") == 1
+  section = text[text.index("<!-- bench:cpu:start -->"):text.index("<!-- bench:cpu:end -->")]
+  assert "| workload | unit | jaxprotect (f32) |" in section
+  assert "`" + meta["command"] + "`" in section
+  assert meta["date"] in section and f"jax {jax.__version__}" in section
+  if HAVE_TORCH:
+    assert "| jaxprotect / eager | jaxprotect / tuned |" in section
+
+
+def test_train_step_does_not_recompile():
+  """The jitted step compiles once: warm-up and repeated timed calls reuse the program."""
+  runner = jax_impl.TrainStepRunner(common.SIZES["tiny"])
+  runner.setup()
+  for _ in range(3):
+    m = runner.run()
+    assert m["seconds"] > 0 and m["units"] == common.SIZES["tiny"].batch * common.SIZES["tiny"].steps
+  assert runner.compiled_variants() == 1
+  assert int(runner.state.step) == 4 * common.SIZES["tiny"].steps
+
+
+def test_without_torch_the_jax_rows_still_run(monkeypatch, tmp_path, capsys):
+  monkeypatch.setattr(suite, "torch_status", lambda: (False, "torch is not installed (test)"))
+  out_json, md = tmp_path / "r.json", tmp_path / "B.md"
+  assert cli.main(["--tiny", "--workloads", "train_step", "--out-json", str(out_json), "--out-md", str(md)]) == 0
+  rows = json.loads(out_json.read_text())["cpu"]["rows"]
+  assert [(r["workload"], r["implementation"]) for r in rows] == [("train_step", "jax")]
+  assert rows[0]["value"] > 0 and rows[0]["ratio_vs"] is None
+  assert "PyTorch rows (torch_eager, torch_tuned): torch is not installed (test)" in capsys.readouterr().out
+  assert "Skipped: PyTorch rows" in md.read_text()
+
+
+def _fake_rows(platform_value: float):
+  return [{"workload": "train_step", "implementation": i, "mode": "m", "device": "d", "value": v, "unit": "images/s",
+           "ratio_vs": None, "details": {"model": "resnet18", "batch": 8}}
+          for i, v in (("jax", platform_value), ("torch_eager", 50.0))]
+
+
+def test_markdown_sections_per_platform(tmp_path):
+  md = tmp_path / "B.md"
+  md.write_text("# Benchmarks\n\nIntro.\n")
+  meta = {"platform": "cpu", "size": "quick", "command": "python -m jaxprotect.bench --quick", "date": "2026-11-24",
+          "device": "cpu", "versions": {"jax": "x"}, "size_description": "Size."}
+  report.write_markdown(md, report.markdown_section(meta, _fake_rows(100.0)), "cpu")
+  report.write_markdown(md, report.markdown_section({**meta, "platform": "gpu"}, _fake_rows(900.0)), "gpu")
+  report.write_markdown(md, report.markdown_section(meta, _fake_rows(120.0)), "cpu")  # replaces the cpu section
+  text = md.read_text()
+  assert text.startswith("# Benchmarks\n\nIntro.\n")
+  assert text.count("<!-- bench:cpu:start -->") == 1 and text.count("<!-- bench:gpu:start -->") == 1
+  assert "| 120.0 |" in text and "| 100.0 |" not in text and "| 900.0 |" in text
+  assert text.index("bench:cpu:start") < text.index("bench:gpu:start")
+
+
+def test_json_keeps_other_platforms(tmp_path):
+  path = tmp_path / "r.json"
+  report.write_json(path, {"platform": "gpu"}, _fake_rows(900.0))
+  report.write_json(path, {"platform": "cpu"}, _fake_rows(100.0))
+  data = json.loads(path.read_text())
+  assert set(data) == {"cpu", "gpu"} and data["gpu"]["rows"][0]["value"] == 900.0
+
+
+def test_speed_ratio_direction():
+  assert suite.speed_ratio(200.0, 100.0, "train_step") == 2.0  # throughput: jax twice as fast
+  assert suite.speed_ratio(10.0, 30.0, "e2e_em") == 3.0  # wall time: jax three times as fast
+  assert suite.speed_ratio(1.2, 1.1, "cmim_step") is None
+  assert suite.speed_ratio(None, 1.0, "train_step") is None
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed (the bench extra)")
+@pytest.mark.parametrize("name,width", [("resnet18", None), ("resnet18", 16), ("small_cnn", None)])
+def test_torch_twins_have_the_same_parameter_count(name, width):
+  from jaxprotect.bench import torch_models
+
+  flax_model = models.get(name, 10, **({} if width is None else {"width": width}))
+  shapes = jax.eval_shape(lambda x: flax_model.init(jax.random.key(0), x), jax.ShapeDtypeStruct((1, 32, 32, 3), "float32"))
+  assert torch_models.count_params(torch_models.get(name, 10, width=width)) == models.count_params(shapes["params"])
