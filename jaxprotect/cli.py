@@ -56,6 +56,24 @@ def _parse_into(fv, argv: Sequence[str], flags) -> object:
   return fv
 
 
+def define_config_flags(fv, flags, config_help: str = "experiment config file[:variant]") -> None:
+  """``--config`` (an ml_collections config file, ``--config.<field>=<value>`` overrides)
+  and ``--workdir``: the flags of every config-driven command."""
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, config_help, flag_values=fv, lock_config=True)
+  flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds checkpoints)", flag_values=fv)
+
+
+def require(fv, command: str, *fields: str) -> bool:
+  """False (after saying which) if any of the flags ``fields`` was not given."""
+  missing = [f"--{f}" for f in fields if getattr(fv, f) is None]
+  if missing:
+    print(f"jaxprotect {command}: {' and '.join(missing)} required", file=sys.stderr)
+    return False
+  return True
+
+
 def summary(results: dict) -> str:
   lines = [
       f"dataset       {results['dataset']['name']} ({results['dataset']['train_size']} train / "
@@ -69,15 +87,8 @@ def summary(results: dict) -> str:
 
 
 def cmd_train(argv: Sequence[str]) -> int:
-  from ml_collections import config_flags
-
-  def define(fv, flags):
-    config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]", flag_values=fv, lock_config=True)
-    flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds checkpoints)", flag_values=fv)
-
-  fv = parse_flags(argv, define)
-  if fv.config is None or fv.workdir is None:
-    print("jaxprotect train: --config and --workdir are required", file=sys.stderr)
+  fv = parse_flags(argv, define_config_flags)
+  if not require(fv, "train", "config", "workdir"):
     return 2
   from jaxprotect import parallel, runner
 

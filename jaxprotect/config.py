@@ -63,16 +63,20 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def write_json_atomic(path: os.PathLike | str, obj: Any) -> None:
-  """Writes JSON to a temporary file beside ``path`` and renames it into place."""
+def write_bytes_atomic(path: os.PathLike | str, blob: bytes) -> None:
+  """Writes ``blob`` to a temporary file beside ``path`` and renames it into place."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True, default=str)
-      f.write("\n")
+    with os.fdopen(fd, "wb") as f:
+      f.write(blob)
     os.replace(tmp, path)
   except BaseException:
     pathlib.Path(tmp).unlink(missing_ok=True)
     raise
+
+
+def write_json_atomic(path: os.PathLike | str, obj: Any) -> None:
+  """Writes JSON to a temporary file beside ``path`` and renames it into place."""
+  write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())

@@ -54,17 +54,20 @@ def fit(
     batch_fn=None,
     aux: Any = None,
     eval_model=None,
-) -> dict[str, Any]:
+    return_state: bool = False,
+) -> dict[str, Any] | tuple[dict[str, Any], train.TrainState]:
   """Trains ``config.model`` on ``config.dataset``, resuming from ``workdir`` if it holds
   checkpoints of the same config; returns (and writes) the results summary.
 
   Methods plug in through the keywords: ``model`` (default: ``config.model`` from the
   registry), ``loss_fn`` (default: cross-entropy with ``config.label_smoothing``; may be
-  ``train.stateful``), ``extra`` (initial ``state.extra``, checkpointed with the state),
+  ``train.stateful``), ``extra`` (initial ``state.extra``, checkpointed with the state; or
+  a function ``extra(state) -> extra`` of the freshly initialised state, e.g. statistics
+  of the initial model),
   ``batch_fn`` and ``aux`` (the batch hook of ``train.make_train_chunk``) and
   ``eval_model`` (a module evaluated with the same variables, default ``model``).
   Everything they depend on must be reflected in ``config`` for the config-hash check
-  on resume to mean anything.
+  on resume to mean anything. With ``return_state``, returns ``(results, final state)``.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +82,10 @@ def fit(
   if model is None:
     model = models.get(config.model, ds.num_classes, dtype=config.dtype, **config.model_kwargs.to_dict())
   optimizer = train.make_optimizer(config.optimizer, steps_per_epoch, config.epochs)
-  state = train.init_state(model, optimizer, ds.example, jax.random.PRNGKey(config.seed), mesh, extra=extra)
+  state = train.init_state(model, optimizer, ds.example, jax.random.PRNGKey(config.seed), mesh,
+                           extra=None if callable(extra) else extra)
+  if callable(extra):
+    state = state.replace(extra=extra(state))
 
   chash = config_lib.config_hash(config)
   ckpt = checkpoint.Checkpointer(
@@ -151,4 +157,4 @@ def fit(
   }
   if main:
     config_lib.write_json_atomic(workdir / "results.json", results)
-  return results
+  return (results, state) if return_state else results

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from jaxprotect.cli import parse_flags
+from jaxprotect.cli import define_config_flags, parse_flags, require
 
 USAGE = """usage: jaxprotect distill <command> [flags]
 
@@ -30,31 +30,9 @@ Each command takes --help.
 """
 
 
-def _config_flags(argv: Sequence[str]):
-  """Flag definitions of a config-driven command. The override flags (``--config.x=v``)
-  are found in ``argv`` rather than ``sys.argv``, so ``main(argv)`` also works in-process."""
-
-  def define(fv, flags) -> None:
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]", flag_values=fv,
-                                    lock_config=True, sys_argv=list(argv))
-    flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds checkpoints)", flag_values=fv)
-
-  return define
-
-
-def _require(fv, name: str, *fields: str) -> bool:
-  missing = [f"--{f}" for f in fields if getattr(fv, f) is None]
-  if missing:
-    print(f"jaxprotect distill {name}: {' and '.join(missing)} required", file=sys.stderr)
-    return False
-  return True
-
-
 def cmd_teacher(argv: Sequence[str]) -> int:
-  fv = parse_flags(argv, _config_flags(argv))
-  if not _require(fv, "teacher", "config", "workdir"):
+  fv = parse_flags(argv, define_config_flags)
+  if not require(fv, "distill teacher", "config", "workdir"):
     return 2
   from jaxprotect import parallel
   from jaxprotect.distill import teacher
@@ -70,8 +48,8 @@ def cmd_teacher(argv: Sequence[str]) -> int:
 
 
 def cmd_attack(argv: Sequence[str]) -> int:
-  fv = parse_flags(argv, _config_flags(argv))
-  if not _require(fv, "attack", "config", "workdir"):
+  fv = parse_flags(argv, define_config_flags)
+  if not require(fv, "distill attack", "config", "workdir"):
     return 2
   from jaxprotect import parallel
   from jaxprotect.distill import attack
@@ -95,7 +73,7 @@ def cmd_report(argv: Sequence[str]) -> int:
     flags.DEFINE_float("ls_eps", 0.1, "label smoothing of the LS student that Delta refers to", flag_values=fv)
 
   fv = parse_flags(argv, define)
-  if not _require(fv, "report", "workdir"):
+  if not require(fv, "distill report", "workdir"):
     return 2
   from jaxprotect.distill import report
 

@@ -31,10 +31,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxprotect import checkpoint, config as config_lib, data, losses, models, parallel, runner, train
+from jaxprotect import config as config_lib, data, losses, models, parallel, runner, train
 from jaxprotect.distill import blackbox
 
 METHODS = ("ce", "nasty", "cmim")
@@ -169,21 +168,6 @@ def build_model(run_config: ml_collections.ConfigDict, num_classes: int):
   return models.get(run_config.model, num_classes, dtype=run_config.dtype, **run_config.model_kwargs.to_dict())
 
 
-def _final_state(run_config, workdir: pathlib.Path, ds: data.DeviceDataset, model, extra) -> train.TrainState:
-  """The state ``fit`` ended with, restored from the run's last checkpoint."""
-  steps_per_epoch = ds.train.size // run_config.batch_size
-  optimizer = train.make_optimizer(run_config.optimizer, steps_per_epoch, run_config.epochs)
-  like = train.init_state(model, optimizer, ds.example, jax.random.PRNGKey(run_config.seed), ds.mesh, extra=extra)
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config_lib.config_hash(run_config), async_save=False)
-  try:
-    state, _ = ckpt.restore(like)
-  finally:
-    ckpt.close()
-  if int(state.step) != steps_per_epoch * run_config.epochs:
-    raise ValueError(f"{workdir}: last checkpoint is at step {int(state.step)}, not the end of training")
-  return state
-
-
 def train_teacher(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh: Mesh | None = None,
                   dataset: data.DeviceDataset | None = None) -> dict[str, Any]:
   """Trains (or resumes) the teacher ``config.method`` in ``workdir`` and exports it.
@@ -226,14 +210,11 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     kw["loss_fn"] = cmim_stateful_loss(
         tuple(cfg.temperatures), cfg.lam, cfg.aggregation, cfg.weighting, cfg.decay, config.seed,
         int(round(cfg.lam_warmup_epochs * steps_per_epoch)), config.label_smoothing)
-    # the parameters fit will start from (init_state is deterministic in the key)
-    init = train.init_state(model, optax.identity(), ds.example, jax.random.PRNGKey(run_config.seed), mesh)
-    centroids = initial_centroids(model, train.variables_of(init), ds.train, cfg.temperatures, mesh,
-                                  run_config.eval_batch_size)
-    kw["extra"] = {"centroids": centroids}
+    # full-pass centroids of the parameters fit starts from
+    kw["extra"] = lambda state: {"centroids": initial_centroids(
+        model, train.variables_of(state), ds.train, cfg.temperatures, mesh, run_config.eval_batch_size)}
 
-  results = runner.fit(run_config, workdir, mesh, ds, model=model, **kw)
-  state = _final_state(run_config, workdir, ds, model, kw.get("extra"))
+  results, state = runner.fit(run_config, workdir, mesh, ds, model=model, return_state=True, **kw)
   variables = jax.device_get(train.variables_of(state))
   manifest = {
       "method": method,
@@ -248,7 +229,7 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
       "settings": run_config.teacher.to_dict(),
   }
   if parallel.is_main_process():
-    _write_bytes_atomic(workdir / TEACHER_VARIABLES, flax.serialization.msgpack_serialize(_plain(variables)))
+    config_lib.write_bytes_atomic(workdir / TEACHER_VARIABLES, flax.serialization.msgpack_serialize(_plain(variables)))
     config_lib.write_json_atomic(workdir / TEACHER_JSON, manifest)
   if config.curve.enabled:
     from jaxprotect.distill import curve
@@ -282,9 +263,3 @@ def _plain(tree: Any) -> Any:
   if isinstance(tree, dict) or hasattr(tree, "items"):
     return {str(k): _plain(v) for k, v in tree.items()}
   return np.asarray(tree)
-
-
-def _write_bytes_atomic(path: pathlib.Path, blob: bytes) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_bytes(blob)
-  tmp.replace(path)

@@ -5,30 +5,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from jaxprotect.cli import parse_flags
+from jaxprotect.cli import define_config_flags, parse_flags, require
 
 
 def _define(fv, flags, export: bool = False):
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "config file[:variant], e.g. experiments/em.py:fashion_mnist",
-                                  flag_values=fv, lock_config=True)
-  flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds checkpoints)", flag_values=fv)
+  define_config_flags(fv, flags, "config file[:variant], e.g. experiments/em.py:fashion_mnist")
   if export:
     flags.DEFINE_list("export", [], "also export the protected training set: png (a folder per class), "
                       "npz (an array dataset jaxprotect.data.load reads)", flag_values=fv)
 
 
-def _required(fv, name: str) -> bool:
-  if fv.config is None or fv.workdir is None:
-    print(f"jaxprotect {name}: --config and --workdir are required", file=sys.stderr)
-    return False
-  return True
-
-
 def cmd_poison(argv: Sequence[str]) -> int:
   fv = parse_flags(argv, lambda fv, flags: _define(fv, flags, export=True))
-  if not _required(fv, "poison"):
+  if not require(fv, "poison", "config", "workdir"):
     return 2
   bad = set(fv.export) - {"png", "npz"}
   if bad:
@@ -57,7 +46,7 @@ def cmd_poison(argv: Sequence[str]) -> int:
 
 def cmd_evaluate(argv: Sequence[str]) -> int:
   fv = parse_flags(argv, _define)
-  if not _required(fv, "evaluate"):
+  if not require(fv, "evaluate", "config", "workdir"):
     return 2
   from jaxprotect import parallel
   from jaxprotect.unlearnable import victims

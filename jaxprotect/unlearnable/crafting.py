@@ -256,12 +256,11 @@ def craft(
   poison_dir = workdir / "poison"
   manifest = None
   if main:
-    manifest = poison_io.save_poison(
-        poison_dir, np.asarray(jax.device_get(delta)), config.mode, ds, config=config,
-        stats={"iterations": iteration, "stopped_early": done, **record},
-    )
+    delta_host = np.asarray(jax.device_get(delta))
+    manifest = poison_io.save_poison(poison_dir, delta_host, config.mode, ds, config=config,
+                                     stats={"iterations": iteration, "stopped_early": done, **record})
     if config.export.preview:
-      poison_io.save_preview(poison_dir / "preview.png", ds, np.asarray(jax.device_get(delta)), config.mode, config.eps)
+      poison_io.save_preview(poison_dir / "preview.png", ds, delta_host, config.mode, config.eps)
   results = {
       "dataset": data.describe(ds),
       "method": config.method,

@@ -9,7 +9,6 @@ intersection of the two boxes, so no later clipping changes it).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -206,7 +205,7 @@ def init_delta(key: jax.Array, shape: tuple[int, ...], eps: float, images_u8: ja
   return delta
 
 
-__all__: list[Any] = [
+__all__ = [
     "Objective", "default_unroll", "error_minimizing_objective", "init_delta", "make_batch_pgd", "make_classwise_pass",
     "make_samplewise_pass", "mi_ue_objective", "pass_rows", "project", "sign_descent",
 ]

@@ -45,12 +45,14 @@ def _code_version() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Poison:
-  """A loaded poison: ``delta`` (host float32), ``mode``, ``ids`` (sample-wise) and the manifest."""
+  """A loaded poison: ``delta`` (host float32), ``mode``, ``ids`` (sample-wise), the
+  manifest and the directory it was read from (named in errors)."""
 
   delta: np.ndarray
   mode: str
   ids: np.ndarray | None
   manifest: dict[str, Any]
+  path: pathlib.Path | None = None
 
   @property
   def digest(self) -> str:
@@ -130,13 +132,15 @@ def load_poison(directory: os.PathLike | str, ds: data.DeviceDataset | None = No
   delta = np.load(p / "delta.npy")
   mode = manifest["mode"]
   ids = np.load(p / "ids.npy") if mode == "sample" else None
-  poison = Poison(delta=delta, mode=mode, ids=ids, manifest=manifest)
+  poison = Poison(delta=delta, mode=mode, ids=ids, manifest=manifest, path=p)
   if ds is not None:
-    check_matches(poison, ds, p)
+    check_matches(poison, ds)
   return poison
 
 
-def check_matches(poison: Poison, ds: data.DeviceDataset, where: Any = "poison") -> None:
+def check_matches(poison: Poison, ds: data.DeviceDataset) -> None:
+  """Raises ValueError unless ``poison`` was crafted on ``ds`` (fingerprint, shapes, ids)."""
+  where = poison.path or "poison"
   src = poison.manifest["dataset"]
   if src["fingerprint"] != ds.fingerprint:
     raise ValueError(
@@ -154,7 +158,8 @@ def check_matches(poison: Poison, ds: data.DeviceDataset, where: Any = "poison")
 def apply(ds: data.DeviceDataset, poison: Poison, fraction: float = 1.0, seed: int = 0) -> data.DeviceDataset:
   """``ds`` with the poison on its training images; with ``fraction`` < 1, only a random
   ``fraction`` of the examples (fixed by ``seed``) carry their perturbation, the rest are
-  clean. The result's fingerprint identifies the poison and the fraction."""
+  clean. The result's fingerprint identifies the poison and the fraction. Raises
+  ValueError if the poison was crafted on another dataset."""
   check_matches(poison, ds)
   if not 0.0 <= fraction <= 1.0:
     raise ValueError(f"poison_fraction must be in [0, 1], got {fraction}")

@@ -66,8 +66,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh
   mesh = mesh or parallel.make_mesh(config.num_devices or None)
   vcfg = victim_config(config)
   clean = runner.load_dataset(vcfg, mesh)
-  poison = poison_io.load_poison(config.poison, clean)
-  poisoned = poison_io.apply(clean, poison, config.poison_fraction, seed=config.seed)
+  poison = poison_io.load_poison(config.poison)
+  poisoned = poison_io.apply(clean, poison, config.poison_fraction, seed=config.seed)  # checks the dataset
   runs = {"poisoned": runner.fit(vcfg, workdir / "poisoned", mesh, dataset=poisoned)}
   if config.evaluate_clean:
     runs["clean"] = runner.fit(vcfg, workdir / "clean", mesh, dataset=clean)
