@@ -22,7 +22,9 @@ commands:
   distill   undistillable teachers and knock-off students: distill {teacher,attack,report} ...
 
 Every command takes --help. A run directory holds config.json, metrics.jsonl,
-checkpoints/ and results.json; re-running the same command resumes it.
+checkpoints/ and results.json; re-running the same command resumes it. Compiled programs
+are kept in ~/.cache/jaxprotect/xla (JAXPROTECT_COMPILATION_CACHE=DIR moves it, =0 turns
+it off), so a rerun compiles little.
 """
 
 
@@ -162,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   if argv[0] not in COMMANDS:
     print(f"jaxprotect: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
     return 2
+  from jaxprotect import parallel  # noqa: PLC0415  (imports jax; kept out of `jaxprotect --help`)
+
+  parallel.enable_compilation_cache()
   try:
     return COMMANDS[argv[0]](argv)
   except ValueError as e:  # user errors: bad data, config, checkpoint mismatch

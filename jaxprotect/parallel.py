@@ -8,6 +8,7 @@ these shardings runs the same program on one device, eight GPUs or a TPU pod sli
 from __future__ import annotations
 
 import os
+import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,33 @@ _DISTRIBUTED_ENV = (
     "OMPI_COMM_WORLD_SIZE",  # Open MPI launcher
     "TPU_WORKER_HOSTNAMES",  # Cloud TPU VM pod slice
 )
+
+
+COMPILATION_CACHE_ENV = "JAXPROTECT_COMPILATION_CACHE"
+
+
+def enable_compilation_cache(path: os.PathLike | str | None = None) -> pathlib.Path | None:
+  """Keeps compiled XLA programs on disk, so that a rerun -- a resumed run, the next
+  command of an experiment, the test suite -- skips most compilation.
+
+  The directory is ``path``, else ``$JAXPROTECT_COMPILATION_CACHE`` (empty or ``0``: no
+  cache), else ``$XDG_CACHE_HOME/jaxprotect/xla`` (``~/.cache/jaxprotect/xla``). A
+  directory already set in JAX (``JAX_COMPILATION_CACHE_DIR``) is left as it is. Programs
+  that compile in under 0.2 s are not stored. The ``jaxprotect`` command calls this; the
+  library alone does not. Returns the directory in use, or None.
+  """
+  if jax.config.jax_compilation_cache_dir:
+    return pathlib.Path(jax.config.jax_compilation_cache_dir)
+  if path is None:
+    env = os.environ.get(COMPILATION_CACHE_ENV)
+    if env is not None and env.strip() in ("", "0"):
+      return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = env or os.path.join(base, "jaxprotect", "xla")
+  path = pathlib.Path(path)
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  return path
 
 
 def maybe_initialize_distributed() -> bool:

@@ -287,16 +287,19 @@ def make_train_chunk(
 
     return chunk
 
-  rows_jit = jax.jit(rows_of, static_argnums=(2,))
-  # Row i is selected inside jit (a traced index), so one program serves every step.
-  body_jit = jax.jit(lambda st, split, rows, i, aux: body(st, split, rows[i], aux), out_shardings=(rep, rep),
-                     donate_argnums=donate_args)
+  # The whole epoch's rows (one program for every chunk length); each step picks its row
+  # by the traced ``state.step``, so one step program serves every step. A chunk stays
+  # within one epoch, as ``rows_of`` assumes for the scan form.
+  epoch_rows = jax.jit(lambda st, split: epoch_indices(st.rng, st.step // (split.size // batch_size), split.size,
+                                                       batch_size))
+  body_jit = jax.jit(lambda st, split, rows, aux: body(st, split, rows[st.step % rows.shape[0]], aux),
+                     out_shardings=(rep, rep), donate_argnums=donate_args)
 
   def host_chunk(state: TrainState, split: DeviceSplit, num_steps: int, aux: Any = None):
-    rows = rows_jit(state, split, num_steps)
+    rows = epoch_rows(state, split)
     metrics = []
-    for i in range(num_steps):
-      state, m = body_jit(state, split, rows, jnp.int32(i), aux)
+    for _ in range(num_steps):
+      state, m = body_jit(state, split, rows, aux)
       metrics.append(m)
     return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
 

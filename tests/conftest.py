@@ -10,6 +10,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
+from jaxprotect import parallel  # noqa: E402
+
+# As the CLI does: a program compiled by one test (or one xdist worker, or an earlier
+# session) is read back instead of compiled again.
+parallel.enable_compilation_cache()
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FMNIST_DIR = SHARED / "data" / "fashion-mnist"

@@ -39,7 +39,7 @@ def test_bench_command_tiny_end_to_end(tmp_path):
   out_json = tmp_path / "results.json"
   impls = "jax,torch_eager,torch_tuned" if HAVE_TORCH else "jax"
   cmd = [sys.executable, "-m", "jaxprotect.bench", "--tiny", "--impl", impls, "--out-json", str(out_json),
-         "--out-md", str(md)]
+         "--out-md", str(md), "--profile", str(tmp_path / "profiles")]
   proc = subprocess.run(cmd, cwd=REPO, env=_single_device_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "| workload | unit |" in proc.stdout
@@ -68,6 +68,13 @@ def test_bench_command_tiny_end_to_end(tmp_path):
         assert jr["ratio_vs"]["torch_eager"] == pytest.approx(
             suite.speed_ratio(jr["value"], by[(w, "torch_eager")]["value"], w), rel=1e-4)
   assert by[("train_step", "jax")]["details"]["compiled_variants"] == 1
+  for w in workloads - {"e2e_em"}:  # a kept trace and its most expensive XLA operations
+    d = by[(w, "jax")]["details"]
+    assert os.path.isdir(d["profile_dir"]) and d["profile_dir"].startswith(str(tmp_path)), d
+    shares = [o["share"] for o in d["top_ops"]]
+    assert shares and all(o["ms"] > 0 and o["count"] > 0 for o in d["top_ops"]), d["top_ops"]
+    assert shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-6
+  assert "profile_dir" not in by[("e2e_em", "jax")]["details"]
   if not HAVE_TORCH:
     assert any("PyTorch rows" in s for s in meta["skipped"])
 

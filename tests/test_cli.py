@@ -1,6 +1,7 @@
 """The command line and the README's two commands."""
 
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -52,3 +53,40 @@ def test_make_demo_runs_offline(tmp_path):
   assert results["dataset"]["name"] == "fashion_mnist_mini"
   assert results["test_accuracy"] > 0.4  # a smoke test of the command (16 steps); chance is 0.1
   assert "test accuracy" in out.stdout
+
+
+def test_compilation_cache_location(tmp_path, monkeypatch):
+  import jax  # noqa: PLC0415
+
+  from jaxprotect import parallel  # noqa: PLC0415
+
+  saved = jax.config.jax_compilation_cache_dir
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    monkeypatch.setenv(parallel.COMPILATION_CACHE_ENV, "0")
+    assert parallel.enable_compilation_cache() is None and not jax.config.jax_compilation_cache_dir
+    monkeypatch.delenv(parallel.COMPILATION_CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert parallel.enable_compilation_cache() == tmp_path / "xdg" / "jaxprotect" / "xla"
+    monkeypatch.setenv(parallel.COMPILATION_CACHE_ENV, str(tmp_path / "other"))
+    assert parallel.enable_compilation_cache() == tmp_path / "xdg" / "jaxprotect" / "xla"  # already set: kept
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert parallel.enable_compilation_cache() == tmp_path / "other"
+  finally:
+    jax.config.update("jax_compilation_cache_dir", saved)
+
+
+@pytest.mark.slow
+def test_rerun_reads_compiled_programs_and_trains_the_same_model(tmp_path):
+  """Two CLI runs sharing a compilation cache: the first fills it, the second reads it
+  back and trains bitwise the same model."""
+  env = {**os.environ, "JAXPROTECT_COMPILATION_CACHE": str(tmp_path / "cache"), "JAX_COMPILATION_CACHE_DIR": ""}
+  params = []
+  for run in ("a", "b"):
+    out = _run(sys.executable, "-m", "jaxprotect.cli", "demo", "--epochs", "1", "--train_subset", "512",
+               "--workdir", str(tmp_path / run), env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    params.append(json.loads((tmp_path / run / "results.json").read_text())["params_sha256"])
+    if run == "a":
+      assert any((tmp_path / "cache").iterdir()), "the first run stored no compiled program"
+  assert params[0] == params[1]

@@ -251,3 +251,24 @@ def test_get_accepts_kwargs_and_aliases():
   assert isinstance(m, models.ResNet) and m.stem == "imagenet" and m.width == 4
   assert models.get("WRN28_10", 10).depth == 28
   assert models.get("mlp", 10, dtype="bfloat16").dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8, 4), (2, 7, 9, 3)])
+def test_max_pool_2x2_equals_flax_max_pool_with_ties(shape):
+  """Value, VJP (ties go to the first maximum in row-major order) and JVP of the fast
+  pooling equal flax's ``reduce_window`` max pool, odd sizes included."""
+  import flax.linen as nn  # noqa: PLC0415
+
+  from jaxprotect.models.common import max_pool_2x2  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(np.round(np.maximum(rng.normal(size=shape), 0) * 2) / 2, jnp.float32)  # many ties
+  ref = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))  # noqa: E731
+  out, vjp = jax.vjp(max_pool_2x2, x)
+  out_ref, vjp_ref = jax.vjp(ref, x)
+  assert out.shape == out_ref.shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+  np.testing.assert_array_equal(out, out_ref)
+  ct = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  np.testing.assert_array_equal(vjp(ct)[0], vjp_ref(ct)[0])
+  tangent = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  np.testing.assert_array_equal(jax.jvp(max_pool_2x2, (x,), (tangent,))[1], jax.jvp(ref, (x,), (tangent,))[1])

@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--repeats", type=int, help="override the number of timed repeats")
   p.add_argument("--e2e-iterations", type=int, help="override the cap on outer crafting iterations")
   p.add_argument("--e2e-victim-epochs", type=int, help="override the victim's epochs")
+  p.add_argument("--profile", metavar="DIR",
+                 help="keep a jax.profiler trace of one extra repeat of each jaxprotect step workload under DIR "
+                      "and list its most expensive XLA operations")
   p.add_argument("--out-json", default="experiments/bench/results.json")
   p.add_argument("--out-md", default="BENCHMARKS.md")
   p.set_defaults(size="full")
@@ -104,7 +107,7 @@ def build_options(a: argparse.Namespace) -> suite.Options:
     if i not in suite.IMPLS:
       raise SystemExit(f"unknown implementation {i!r}; choose from {', '.join(suite.IMPLS)}")
   return suite.Options(size=size, workloads=workloads, impls=impls,
-                       torch_compile=a.torch_compile or DEFAULT_COMPILE[size.name])
+                       torch_compile=a.torch_compile or DEFAULT_COMPILE[size.name], profile_dir=a.profile)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
       "implementations": list(opts.impls),
       "torch_compile": opts.torch_compile,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      # A persistent compilation cache would hide compile time from e2e_em; the bench
+      # does not turn one on, but JAX_COMPILATION_CACHE_DIR would.
+      "compilation_cache_dir": jax.config.jax_compilation_cache_dir or None,
       "thread_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "GOMP_"))},
       "load_average_before": load_before,
       "load_average_after": common.load_average(),

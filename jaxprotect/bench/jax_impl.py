@@ -26,6 +26,24 @@ from jaxprotect.data.augment import AugmentConfig
 from jaxprotect.unlearnable import crafting, pgd, victims
 
 
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compiles = {"n": 0, "s": 0.0, "listening": False}
+
+
+def _count_compiles() -> None:
+  """Accumulates XLA compile count and seconds into ``_compiles`` (once per process)."""
+  if _compiles["listening"]:
+    return
+
+  def on_duration(event: str, duration: float, **_) -> None:
+    if event == _COMPILE_EVENT:
+      _compiles["n"] += 1
+      _compiles["s"] += duration
+
+  jax.monitoring.register_event_duration_secs_listener(on_duration)
+  _compiles["listening"] = True
+
+
 def _model(name: str, width: int | None, dtype: str):
   return models.get(name, common.NUM_CLASSES, dtype=dtype, **({} if width is None else {"width": width}))
 
@@ -221,6 +239,8 @@ class E2ERunner:
       tmp = pathlib.Path(tmp)
       npz = common.write_synthetic_npz(tmp / "synthetic_cifar.npz", e.train_examples, e.test_examples)
       config = e2e_config(e, str(npz), self.dtype)
+      _count_compiles()
+      n0, s0 = _compiles["n"], _compiles["s"]
       t0 = time.perf_counter()
       mesh = parallel.make_mesh()
       craft = crafting.craft(config, tmp / "craft", mesh)
@@ -231,7 +251,8 @@ class E2ERunner:
     self._details = {"craft_s": t1 - t0, "victim_s": t2 - t1, "iterations": craft["iterations"],
                      "stopped_early": craft["stopped_early"],
                      "perturbed_train_accuracy": craft["perturbed_train_accuracy"],
-                     "victim_test_accuracy": victim["test_accuracy"]["poisoned"]}
+                     "victim_test_accuracy": victim["test_accuracy"]["poisoned"],
+                     "compiles": _compiles["n"] - n0, "compile_s": round(_compiles["s"] - s0, 2)}
     return {"seconds": t2 - t0}
 
   def details(self) -> dict[str, Any]:

@@ -96,9 +96,14 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
       out.append(f"{who}: craft {d.get('craft_s', 0):.1f} s ({d.get('iterations')} iterations, "
                  f"{'stopped by the rule' if d.get('stopped_early') else 'capped'}, perturbed-train accuracy "
                  f"{100 * d.get('perturbed_train_accuracy', 0):.1f}%), victim {d.get('victim_s', 0):.1f} s "
-                 f"({d.get('victim_epochs')} epochs, test accuracy {100 * d.get('victim_test_accuracy', 0):.1f}%).")
+                 f"({d.get('victim_epochs')} epochs, test accuracy {100 * d.get('victim_test_accuracy', 0):.1f}%)"
+                 + (f"; {d['compiles']} XLA compiles took {d['compile_s']:.1f} s of it" if "compiles" in d else "")
+                 + ".")
     if r["workload"] == "cmim_step":
       out.append(f"{who}: CE step {d.get('ce_ms', 0):.1f} ms, CMIM step {d.get('cmim_ms', 0):.1f} ms.")
+    if d.get("top_ops"):
+      ops = ", ".join(f"`{o['op']}` {100 * o['share']:.0f}%" for o in d["top_ops"][:6])
+      out.append(f"{who}: most expensive XLA operations of one profiled repeat ({d['profile_dir']}): {ops}.")
     if r["workload"] == "train_step" and "compiled_variants" in d:
       out.append(f"{who}: {d['compiled_variants']} compiled program(s) after warm-up and "
                  f"{d.get('repeats', 0)} timed repeats (no recompilation).")

@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import gc
 import importlib.util
+import pathlib
 from typing import Any
 
 import jax
 
-from jaxprotect.bench import common, jax_impl
+from jaxprotect.bench import common, jax_impl, profile
 from jaxprotect.bench.common import Size
 
 # workload -> (unit, higher is better, description)
@@ -40,13 +41,15 @@ class Options:
   """How to run: workloads, implementations, size and the torch.compile policy.
 
   ``torch_compile``: ``"all"``, ``"none"`` or a comma-separated list of workloads whose
-  tuned PyTorch runner compiles its model.
+  tuned PyTorch runner compiles its model. ``profile_dir``: where the jaxprotect rows of
+  the step workloads keep a profile of one extra, untimed repeat (None: no profiles).
   """
 
   size: Size
   workloads: tuple[str, ...] = tuple(WORKLOADS)
   impls: tuple[str, ...] = ("jax", "torch_eager", "torch_tuned")
   torch_compile: str = "all"
+  profile_dir: str | None = None
 
   def compiles(self, workload: str) -> bool:
     if self.torch_compile == "all":
@@ -135,6 +138,16 @@ def run_workload(workload: str, opts: Options, log=print) -> list[dict[str, Any]
         failed[impl] = common.short_reason(e)
         log(f"  {workload} / {impl}: FAILED: {failed[impl]}")
         del runners[impl]
+  profiles = {}
+  if opts.profile_dir and workload != "e2e_em":  # e2e_em's trace would hold its whole pipeline
+    for impl in [i for i in runners if i in JAX_IMPLS]:
+      out = pathlib.Path(opts.profile_dir) / f"{workload}-{impl}"
+      try:
+        trace_file = profile.trace(runners[impl].run, out)
+        profiles[impl] = {"profile_dir": str(out), "top_ops": profile.top_ops(trace_file)}
+      except Exception as e:  # noqa: BLE001 -- a profile is extra; its failure is recorded
+        profiles[impl] = {"profile_error": common.short_reason(e)}
+      log(f"  {workload} / {impl}: profile in {out}")
   rows = []
   for impl in opts.impls:
     row = {"workload": workload, "implementation": impl, "mode": "", "device": "", "value": None, "unit": unit,
@@ -145,7 +158,8 @@ def run_workload(workload: str, opts: Options, log=print) -> list[dict[str, Any]
       row["device"] = "?"
     if impl in runners:
       value, extra = summarize(workload, samples[impl])
-      row.update(mode=runners[impl].mode, value=value, details={**runners[impl].details(), **extra})
+      row.update(mode=runners[impl].mode, value=value,
+                 details={**runners[impl].details(), **extra, **profiles.get(impl, {})})
     else:
       row.update(mode=f"n/a: {failed.get(impl, 'not run')}", details={"error": failed.get(impl, "not run")})
     rows.append(row)

@@ -45,6 +45,23 @@ def global_avg_pool(x_BxHxWxC: jax.Array) -> jax.Array:
   return jnp.mean(x_BxHxWxC.astype(jnp.float32), axis=(1, 2)).astype(x_BxHxWxC.dtype)
 
 
+def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
+  """2x2 max pooling with stride 2 and VALID padding (an odd last row or column is dropped).
+
+  Equal to ``nn.max_pool(x, (2, 2), strides=(2, 2))`` in value and in gradient, ties
+  included: the gradient goes to the first maximum of each window in row-major order, as
+  in XLA's ``select_and_scatter`` and PyTorch's ``max_pool2d``. It is written as selects
+  over the four strided views because XLA:CPU runs the ``select_and_scatter`` backward of
+  ``reduce_window`` 10-40x slower than these elementwise ops (BENCHMARKS.md).
+  """
+  b, h, w, c = x_BxHxWxC.shape
+  x = x_BxHxWxC[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+  top_left, top_right, bottom_left, bottom_right = (x[:, :, i, :, j] for i in (0, 1) for j in (0, 1))
+  top = jnp.where(top_left >= top_right, top_left, top_right)
+  bottom = jnp.where(bottom_left >= bottom_right, bottom_left, bottom_right)
+  return jnp.where(top >= bottom, top, bottom)
+
+
 def classifier(num_classes: int, dtype: Any, name: str = "head") -> nn.Dense:
   """Final linear layer (with bias), PyTorch-default weight init."""
   return nn.Dense(num_classes, dtype=dtype, param_dtype=PARAM_DTYPE, kernel_init=torch_default_init, name=name)

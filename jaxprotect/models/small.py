@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxprotect.models.common import PARAM_DTYPE, check_num_classes, classifier, conv, outputs
+from jaxprotect.models.common import PARAM_DTYPE, check_num_classes, classifier, conv, max_pool_2x2, outputs
 
 
 class SmallCNN(nn.Module):
@@ -29,7 +29,7 @@ class SmallCNN(nn.Module):
     for i, ch in enumerate((self.width, 2 * self.width)):
       x = nn.relu(conv(ch, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=f"conv{i}")(x))
       if x.shape[1] >= 2 and x.shape[2] >= 2:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
     feats = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, param_dtype=PARAM_DTYPE, name="fc")(x))
     logits = classifier(self.num_classes, self.dtype)(feats)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprotect.models.common import (
-    batch_norm, check_num_classes, classifier, conv, conv_kaiming_fan_out, global_avg_pool, outputs)
+    batch_norm, check_num_classes, classifier, conv, conv_kaiming_fan_out, global_avg_pool, max_pool_2x2, outputs)
 
 # Channel multipliers of the base width (64): 1 -> 64, 2 -> 128, 4 -> 256, 8 -> 512; "M" = max-pool.
 CFGS: dict[str, tuple[int | str, ...]] = {
@@ -40,7 +40,7 @@ class VGG(nn.Module):
     for v in self.cfg:
       if v == "M":
         if x.shape[1] >= 2 and x.shape[2] >= 2:
-          x = nn.max_pool(x, (2, 2), strides=(2, 2))
+          x = max_pool_2x2(x)
         continue
       x = conv(int(v) * self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
                kernel_init=conv_kaiming_fan_out, name=f"conv{i}")(x)
