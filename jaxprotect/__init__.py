@@ -2,13 +2,44 @@
 
 Submodules are imported lazily (``jaxprotect.train``, ``jaxprotect.data``, ...), so
 ``import jaxprotect`` is cheap and does not initialise a JAX backend.
+
+On import, jaxprotect adds XLA:CPU flags that its CPU measurements favour to
+``XLA_FLAGS``, for the jaxlib versions they were measured on, unless ``XLA_FLAGS``
+already sets them or ``JAXPROTECT_XLA_CPU_DEFAULTS=0``. They take effect only if no JAX
+backend has been initialised yet, and affect only the CPU backend:
+
+* jaxlib 0.10: ``--xla_cpu_experimental_ynn_fusion_type=`` (no YNNPACK fusions). With its
+  default, XLA:CPU sends convolutions to YNNPACK behind layout transposes; without,
+  a ResNet-18 training step ran 1.17x and a PGD step 1.32x faster on 2 cores
+  (BENCHMARKS.md, "XLA:CPU flags").
 """
 
 import importlib
+import os
+from importlib import metadata
 
 __version__ = "0.1.0"
 
 _SUBMODULES = ("checkpoint", "cli", "config", "data", "losses", "models", "parallel", "train")
+# jaxlib major.minor -> XLA:CPU flags measured to help there.
+CPU_XLA_FLAGS = {"0.10": ("--xla_cpu_experimental_ynn_fusion_type=",)}
+
+
+def _add_cpu_xla_flags() -> None:
+  if os.environ.get("JAXPROTECT_XLA_CPU_DEFAULTS", "1") == "0":
+    return
+  try:
+    version = metadata.version("jaxlib")
+  except metadata.PackageNotFoundError:
+    return
+  flags = CPU_XLA_FLAGS.get(".".join(version.split(".")[:2]), ())
+  current = os.environ.get("XLA_FLAGS", "")
+  missing = [f for f in flags if f.split("=")[0] not in current]
+  if missing:
+    os.environ["XLA_FLAGS"] = " ".join([current, *missing]).strip()
+
+
+_add_cpu_xla_flags()
 
 
 def __getattr__(name):

@@ -90,3 +90,22 @@ def test_rerun_reads_compiled_programs_and_trains_the_same_model(tmp_path):
     if run == "a":
       assert any((tmp_path / "cache").iterdir()), "the first run stored no compiled program"
   assert params[0] == params[1]
+
+
+def test_cpu_xla_flags_added_on_import_unless_set_or_turned_off():
+  import jaxprotect  # noqa: PLC0415
+  from importlib import metadata  # noqa: PLC0415
+
+  flags = jaxprotect.CPU_XLA_FLAGS.get(".".join(metadata.version("jaxlib").split(".")[:2]), ())
+  show = "import os, jaxprotect; print(os.environ.get('XLA_FLAGS', ''))"
+
+  def xla_flags(**env):
+    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXPROTECT_XLA_CPU_DEFAULTS")}
+    out = _run(sys.executable, "-c", show, env={**base, **env})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+  assert xla_flags(XLA_FLAGS="--xla_force_host_platform_device_count=2").split() == [
+      "--xla_force_host_platform_device_count=2", *flags]
+  assert xla_flags(XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=dot") == "--xla_cpu_experimental_ynn_fusion_type=dot"
+  assert xla_flags(JAXPROTECT_XLA_CPU_DEFAULTS="0") == ""

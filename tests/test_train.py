@@ -67,7 +67,10 @@ def test_epoch_chunks_on_8_devices_equal_1_device_and_compile_once(host):
   for mesh, layout, loop in ((MESH1(), "replicated", "host"), (MESH8(), "sharded", "host"), (MESH8(), "replicated", "scan")):
     ds = data.to_device(host, mesh, layout)
     state = train.init_state(model, tx, ds.example, jax.random.PRNGKey(1), mesh)
-    chunk = train.make_train_chunk(model, train.ce_loss(), tx, mesh, batch_size=16, augment=aug, loop=loop)
+    # The loss is traced once per trace of the step: more than one would be a recompile.
+    chex.clear_trace_counter()
+    loss_fn = chex.assert_max_traces(train.ce_loss(), n=1)
+    chunk = train.make_train_chunk(model, loss_fn, tx, mesh, batch_size=16, augment=aug, loop=loop)
     for _ in range(4):  # two epochs of two chunks of two steps
       state, m = chunk(state, ds.train, 2)
     assert chunk._cache_size() == 1  # no recompilation across chunks and epochs

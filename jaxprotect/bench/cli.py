@@ -57,8 +57,10 @@ def describe_size(size: Size, torch_compile: str) -> str:
           f"steps, a PGD repeat one pass over {s.pgd_examples} images with {s.pgd_steps} PGD steps per batch; "
           f"{s.repeats} timed repeats after the warm-up. End to end: {e_model}, {e.train_examples} training / "
           f"{e.test_examples} test images, surrogate batch {e.batch}, PGD batch {e.pgd_batch}, {e.train_steps} "
-          f"train + {e.pgd_steps} PGD steps per iteration, stop at error < {e.stop_error} or "
-          f"{e.max_iterations} iterations, then a victim for {e.victim_epochs} epochs at batch {e.victim_batch} "
+          f"train + {e.pgd_steps} PGD steps per iteration, "
+          + (f"stop at error < {e.stop_error} or {e.max_iterations} iterations" if e.stop_error else
+             f"{e.max_iterations} iterations (stop rule off: the same work on both sides)")
+          + f", then a victim for {e.victim_epochs} epochs at batch {e.victim_batch} "
           f"(crop4+flip). torch.compile policy: `--torch-compile={torch_compile}`.")
 
 
@@ -66,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m jaxprotect.bench", description=__doc__.split("\n")[0])
   g = p.add_mutually_exclusive_group()
   g.add_argument("--quick", action="store_const", const="quick", dest="size",
-                 help="CPU-friendly sizes (ResNet-18 at width 16, batch 64; end to end on 1,024 images)")
+                 help="CPU-friendly sizes (ResNet-18 at width 16, batch 64; end to end on 2,048 images with a 60-epoch victim)")
   g.add_argument("--tiny", action="store_const", const="tiny", dest="size", help="seconds-long sizes for tests")
   g.add_argument("--size", choices=sorted(SIZES), dest="size")
   p.add_argument("--workloads", default=",".join(suite.WORKLOADS), help=f"of {','.join(suite.WORKLOADS)}")

@@ -34,9 +34,16 @@ def trace(fn: Callable[[], Any], out_dir: os.PathLike | str) -> pathlib.Path:
   return files[-1]
 
 
+def op_kind(name: str) -> str:
+  """An HLO instruction's name without its number: ``convolution.41`` -> ``convolution``."""
+  base, _, suffix = name.rpartition(".")
+  return base if base and suffix.isdigit() else name
+
+
 def top_ops(trace_file: os.PathLike | str, n: int = 8) -> list[dict[str, Any]]:
-  """The ``n`` XLA operations with the most total time in ``trace_file``: name, total
-  milliseconds, number of executions and share of all operation time."""
+  """The ``n`` kinds of XLA operation (names without their instruction number, see
+  ``op_kind``) with the most total time in ``trace_file``: kind, total milliseconds,
+  number of executions and share of all operation time."""
   with gzip.open(trace_file, "rt") as f:
     t = json.load(f)
   events = t["traceEvents"] if isinstance(t, dict) else t
@@ -56,8 +63,8 @@ def top_ops(trace_file: os.PathLike | str, n: int = 8) -> list[dict[str, Any]]:
     if e.get("ph") != "X" or e.get("name", "").startswith(_NOT_OPS):
       continue
     if is_op_line(e["pid"], e.get("tid")):
-      total_us[e["name"]] += e.get("dur", 0)
-      count[e["name"]] += 1
+      total_us[op_kind(e["name"])] += e.get("dur", 0)
+      count[op_kind(e["name"])] += 1
   all_us = sum(total_us.values()) or 1
   return [{"op": name, "ms": round(us / 1e3, 3), "count": count[name], "share": round(us / all_us, 4)}
           for name, us in total_us.most_common(n)]

@@ -103,7 +103,7 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
       out.append(f"{who}: CE step {d.get('ce_ms', 0):.1f} ms, CMIM step {d.get('cmim_ms', 0):.1f} ms.")
     if d.get("top_ops"):
       ops = ", ".join(f"`{o['op']}` {100 * o['share']:.0f}%" for o in d["top_ops"][:6])
-      out.append(f"{who}: most expensive XLA operations of one profiled repeat ({d['profile_dir']}): {ops}.")
+      out.append(f"{who}: time by kind of XLA operation in one profiled repeat ({d['profile_dir']}): {ops}.")
     if r["workload"] == "train_step" and "compiled_variants" in d:
       out.append(f"{who}: {d['compiled_variants']} compiled program(s) after warm-up and "
                  f"{d.get('repeats', 0)} timed repeats (no recompilation).")
