@@ -52,7 +52,7 @@ def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
   included: the gradient goes to the first maximum of each window in row-major order, as
   in XLA's ``select_and_scatter`` and PyTorch's ``max_pool2d``. It is written as selects
   over the four strided views because XLA:CPU runs the ``select_and_scatter`` backward of
-  ``reduce_window`` 10-40x slower than these elementwise ops (BENCHMARKS.md).
+  ``reduce_window`` 20-60x slower than these elementwise ops (BENCHMARKS.md).
   """
   b, h, w, c = x_BxHxWxC.shape
   x = x_BxHxWxC[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
