@@ -56,7 +56,7 @@ def unlearnable_config() -> ml_collections.ConfigDict:
   c.mode = "sample"  # "sample" (one delta per example id) or "class" (one per class)
   c.eps = 8 / 255
   c.pgd = ml_collections.ConfigDict(dict(steps=20, step_size=0.8 / 255, step_size_end=config_dict.placeholder(float),
-                                         batch_size=512, loop="scan"))
+                                         batch_size=512, loop=""))  # loop: "scan", "host" or "" (host on CPU)
   c.train_steps = 10  # surrogate steps per outer iteration; 0: one epoch
   c.max_iterations = 100  # outer iterations (EM: a safeguard; MI-UE: the number of epochs)
   c.stop_error = 0.01  # stop when the surrogate's error on the perturbed set is below this; 0: never
@@ -204,11 +204,11 @@ def craft(
   objective = objective_of(config)
   if config.mode == "sample":
     perturb = pgd.make_samplewise_pass(model, objective, mesh, config.pgd.batch_size, config.pgd.steps,
-                                       loop=config.pgd.loop)
+                                       loop=config.pgd.loop or train.default_loop())
   else:
     positions = classwise_positions(k_subset, n, config.class_subset, config.pgd.batch_size)
     class_pass = pgd.make_classwise_pass(model, objective, mesh, config.pgd.batch_size, config.pgd.steps, k,
-                                         loop=config.pgd.loop)
+                                         loop=config.pgd.loop or train.default_loop())
     perturb = lambda variables, split, eps, alpha: class_pass(variables, split, positions, eps, alpha)  # noqa: E731
   every = max(1, config.checkpoint.get("every_iterations", 1))
   kill_at = int(os.environ.get(_KILL_AT_ITERATION_ENV, "0"))
