@@ -76,6 +76,20 @@ def require(fv, command: str, *fields: str) -> bool:
   return True
 
 
+def parse_config_command(argv: Sequence[str], command: str, define: Callable = define_config_flags):
+  """The start of every config-driven command: parses its flags (``define``, by default
+  ``--config`` and ``--workdir``), checks that ``--config`` and ``--workdir`` were given
+  and joins a multi-host run. Returns the flag values, or None (after saying which flag
+  is missing)."""
+  fv = parse_flags(argv, define)
+  if not require(fv, command, "config", "workdir"):
+    return None
+  from jaxprotect import parallel  # noqa: PLC0415
+
+  parallel.maybe_initialize_distributed()
+  return fv
+
+
 def summary(results: dict) -> str:
   lines = [
       f"dataset       {results['dataset']['name']} ({results['dataset']['train_size']} train / "
@@ -89,12 +103,11 @@ def summary(results: dict) -> str:
 
 
 def cmd_train(argv: Sequence[str]) -> int:
-  fv = parse_flags(argv, define_config_flags)
-  if not require(fv, "train", "config", "workdir"):
+  fv = parse_config_command(argv, "train")
+  if fv is None:
     return 2
-  from jaxprotect import parallel, runner
+  from jaxprotect import runner
 
-  parallel.maybe_initialize_distributed()
   results = runner.fit(fv.config, fv.workdir)
   print(summary(results))
   print(f"results: {fv.workdir}/results.json")

@@ -8,9 +8,10 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from jaxprotect import parallel  # noqa: E402
+from jaxprotect import data, parallel  # noqa: E402
 
 # As the CLI does: a program compiled by one test (or one xdist worker, or an earlier
 # session) is read back instead of compiled again.
@@ -26,3 +27,15 @@ def fmnist_dir() -> pathlib.Path:
   if not (FMNIST_DIR / "SHA256SUMS").exists():
     raise RuntimeError(f"real Fashion-MNIST files expected at {FMNIST_DIR} (../shared beside the clone)")
   return FMNIST_DIR
+
+
+def synthetic_host(image_shape=(12, 12, 3), std=30.0, test_size=20, first_id=0, n=64, num_classes=4):
+  """A small labelled dataset whose classes differ in mean brightness (so that a few
+  training steps make progress); the test split is the first ``test_size`` examples."""
+  rng = np.random.default_rng(0)
+  labels = (np.arange(n) % num_classes).astype(np.int32)
+  images = np.clip(rng.normal(60 * labels[:, None, None, None] + 40, std, (n, *image_shape)), 0, 255).astype(np.uint8)
+  split = data.ArraySplit(images=images, labels=labels, ids=np.arange(first_id, first_id + n, dtype=np.int32))
+  test = data.ArraySplit(images=images[:test_size], labels=labels[:test_size], ids=np.arange(test_size, dtype=np.int32))
+  return data.HostDataset(name="synthetic", train=split, test=test, num_classes=num_classes,
+                          fingerprint=data.fingerprint(split, test))

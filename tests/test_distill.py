@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import synthetic_host
 from jaxprotect import cli, data, losses, models, parallel, train
 from jaxprotect.distill import attack, blackbox, report, students, teacher
 
@@ -24,14 +25,7 @@ K = 4
 
 @pytest.fixture(scope="module")
 def host():
-  rng = np.random.default_rng(0)
-  n = 64
-  labels = (np.arange(n) % K).astype(np.int32)
-  images = np.clip(rng.normal(60 * labels[:, None, None, None] + 40, 30, (n, 12, 12, 3)), 0, 255).astype(np.uint8)
-  split = data.ArraySplit(images=images, labels=labels, ids=np.arange(n, dtype=np.int32))
-  test = data.ArraySplit(images=images[:20], labels=labels[:20], ids=np.arange(20, dtype=np.int32))
-  return data.HostDataset(name="synthetic", train=split, test=test, num_classes=K,
-                          fingerprint=data.fingerprint(split, test))
+  return synthetic_host(num_classes=K)
 
 
 def _sgd():

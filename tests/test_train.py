@@ -8,20 +8,14 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import synthetic_host
 from jaxprotect import data, losses, models, parallel, train
 from jaxprotect.data.augment import AugmentConfig
 
 
 @pytest.fixture(scope="module")
 def host():
-  rng = np.random.default_rng(0)
-  n, k = 64, 4
-  labels = (np.arange(n) % k).astype(np.int32)
-  # class-dependent mean so that a few steps of training make progress
-  images = np.clip(rng.normal(60 * labels[:, None, None, None] + 40, 30, (n, 12, 12, 3)), 0, 255).astype(np.uint8)
-  split = data.ArraySplit(images=images, labels=labels, ids=np.arange(n, dtype=np.int32))
-  test = data.ArraySplit(images=images[:20], labels=labels[:20], ids=np.arange(20, dtype=np.int32))
-  return data.HostDataset(name="synthetic", train=split, test=test, num_classes=k, fingerprint=data.fingerprint(split, test))
+  return synthetic_host()
 
 
 MESH1 = lambda: parallel.make_mesh(1)  # noqa: E731

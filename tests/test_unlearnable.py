@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import synthetic_host
 from jaxprotect import data, parallel
 from jaxprotect.cli import main as cli_main
 from jaxprotect.unlearnable import crafting, pgd, poison_io
@@ -56,13 +57,7 @@ def test_pass_rows_cover_every_example_once():
 
 @pytest.fixture(scope="module")
 def host():
-  rng = np.random.default_rng(0)
-  n, k = 64, 4
-  labels = (np.arange(n) % k).astype(np.int32)
-  images = np.clip(rng.normal(60 * labels[:, None, None, None] + 40, 40, (n, 8, 8, 1)), 0, 255).astype(np.uint8)
-  split = data.ArraySplit(images=images, labels=labels, ids=np.arange(100, 100 + n, dtype=np.int32))
-  test = data.ArraySplit(images=images[:16], labels=labels[:16], ids=np.arange(16, dtype=np.int32))
-  return data.HostDataset(name="synthetic", train=split, test=test, num_classes=k, fingerprint=data.fingerprint(split, test))
+  return synthetic_host((8, 8, 1), std=40.0, test_size=16, first_id=100)
 
 
 def _tiny_config(method="em", mode="sample"):

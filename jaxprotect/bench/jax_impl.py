@@ -201,7 +201,6 @@ def e2e_config(e: E2ESize, dataset: str, dtype: str = "float32"):
   c.eval_batch_size = e.pgd_batch
   c.pgd.batch_size = e.pgd_batch
   c.pgd.steps = e.pgd_steps
-  c.pgd.loop = train.default_loop()
   c.train_steps = e.train_steps
   c.max_iterations = e.max_iterations
   c.stop_error = e.stop_error

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from jaxprotect.cli import define_config_flags, parse_flags, require
+from jaxprotect.cli import parse_config_command, parse_flags, require
 
 USAGE = """usage: jaxprotect distill <command> [flags]
 
@@ -31,13 +31,11 @@ Each command takes --help.
 
 
 def cmd_teacher(argv: Sequence[str]) -> int:
-  fv = parse_flags(argv, define_config_flags)
-  if not require(fv, "distill teacher", "config", "workdir"):
+  fv = parse_config_command(argv, "distill teacher")
+  if fv is None:
     return 2
-  from jaxprotect import parallel
   from jaxprotect.distill import teacher
 
-  parallel.maybe_initialize_distributed()
   manifest = teacher.train_teacher(fv.config, fv.workdir)
   print(f"teacher       {manifest['method']} {manifest['model']} on {manifest['dataset']['name']} "
         f"({manifest['dataset']['train_size']} train / {manifest['dataset']['test_size']} test)")
@@ -48,13 +46,11 @@ def cmd_teacher(argv: Sequence[str]) -> int:
 
 
 def cmd_attack(argv: Sequence[str]) -> int:
-  fv = parse_flags(argv, define_config_flags)
-  if not require(fv, "distill attack", "config", "workdir"):
+  fv = parse_config_command(argv, "distill attack")
+  if fv is None:
     return 2
-  from jaxprotect import parallel
   from jaxprotect.distill import attack
 
-  parallel.maybe_initialize_distributed()
   record = attack.run_attacks(fv.config, fv.workdir)
   print(f"teacher {record['teacher']['method']} ({100 * record['teacher']['test_accuracy']:.2f}%), "
         f"student {record['student']['model']}")

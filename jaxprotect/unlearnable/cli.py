@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from jaxprotect.cli import define_config_flags, parse_flags, require
+from jaxprotect.cli import define_config_flags, parse_config_command
 
 
 def _define(fv, flags, export: bool = False):
@@ -16,8 +16,8 @@ def _define(fv, flags, export: bool = False):
 
 
 def cmd_poison(argv: Sequence[str]) -> int:
-  fv = parse_flags(argv, lambda fv, flags: _define(fv, flags, export=True))
-  if not require(fv, "poison", "config", "workdir"):
+  fv = parse_config_command(argv, "poison", lambda fv, flags: _define(fv, flags, export=True))
+  if fv is None:
     return 2
   bad = set(fv.export) - {"png", "npz"}
   if bad:
@@ -26,7 +26,6 @@ def cmd_poison(argv: Sequence[str]) -> int:
   from jaxprotect import parallel, runner
   from jaxprotect.unlearnable import crafting, poison_io
 
-  parallel.maybe_initialize_distributed()
   config = fv.config
   mesh = parallel.make_mesh(config.num_devices or None)
   ds = runner.load_dataset(config, mesh)
@@ -45,13 +44,11 @@ def cmd_poison(argv: Sequence[str]) -> int:
 
 
 def cmd_evaluate(argv: Sequence[str]) -> int:
-  fv = parse_flags(argv, _define)
-  if not require(fv, "evaluate", "config", "workdir"):
+  fv = parse_config_command(argv, "evaluate", _define)
+  if fv is None:
     return 2
-  from jaxprotect import parallel
   from jaxprotect.unlearnable import victims
 
-  parallel.maybe_initialize_distributed()
   results = victims.evaluate(fv.config, fv.workdir)
   print(victims.report_markdown(results))
   print(f"results: {fv.workdir}/results.json")

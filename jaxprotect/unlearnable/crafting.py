@@ -204,11 +204,11 @@ def craft(
   objective = objective_of(config)
   if config.mode == "sample":
     perturb = pgd.make_samplewise_pass(model, objective, mesh, config.pgd.batch_size, config.pgd.steps,
-                                       loop=config.pgd.loop or train.default_loop())
+                                       loop=config.pgd.loop or None)
   else:
     positions = classwise_positions(k_subset, n, config.class_subset, config.pgd.batch_size)
     class_pass = pgd.make_classwise_pass(model, objective, mesh, config.pgd.batch_size, config.pgd.steps, k,
-                                         loop=config.pgd.loop or train.default_loop())
+                                         loop=config.pgd.loop or None)
     perturb = lambda variables, split, eps, alpha: class_pass(variables, split, positions, eps, alpha)  # noqa: E731
   every = max(1, config.checkpoint.get("every_iterations", 1))
   kill_at = int(os.environ.get(_KILL_AT_ITERATION_ENV, "0"))

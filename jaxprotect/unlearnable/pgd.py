@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxprotect import losses, parallel
+from jaxprotect import losses, parallel, train
 from jaxprotect.data.device import DeviceSplit
 
 # objective(outputs, batch) -> scalar to *descend*; outputs = (logits_BxK, feats_BxD),
@@ -90,13 +90,15 @@ def pass_rows(num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]
 
 
 def make_samplewise_pass(model: nn.Module, objective: Objective, mesh: Mesh, batch_size: int, num_steps: int,
-                         loop: str = "scan", unroll: bool | None = None) -> Callable:
+                         loop: str | None = None, unroll: bool | None = None) -> Callable:
   """``run(variables, split, eps, alpha) -> delta_NxHxWxC``: ``num_steps`` PGD steps on every
   batch of the training set (in order), starting from ``split.delta``.
 
   ``loop="scan"``: the whole pass is one jitted program; ``"host"``: one jitted call per
-  batch, dispatched from Python (the data never leaves the device either way).
+  batch, dispatched from Python (the data never leaves the device either way). Default:
+  ``train.default_loop()`` (host on CPU, where XLA runs the scan's body slowly).
   """
+  loop = loop or train.default_loop()
   if num_steps < 1:
     raise ValueError(f"PGD steps must be >= 1, got {num_steps}")
   parallel.check_divisible(batch_size, mesh, "PGD batch_size")
@@ -151,14 +153,16 @@ def make_samplewise_pass(model: nn.Module, objective: Objective, mesh: Mesh, bat
 
 
 def make_classwise_pass(model: nn.Module, objective: Objective, mesh: Mesh, batch_size: int, num_steps: int,
-                        num_classes: int, loop: str = "scan", unroll: bool | None = None) -> Callable:
+                        num_classes: int, loop: str | None = None, unroll: bool | None = None) -> Callable:
   """``run(variables, split, positions, eps, alpha) -> delta_KxHxWxC`` for class-wise noise.
 
   For each batch of ``positions`` (R x B, e.g. a fixed 20% subset): ``num_steps`` PGD steps
   per example starting from its class's noise; then each class present in the batch
   takes the mean of its examples' perturbations, clipped to ``eps`` (Huang et al.'s
-  class-wise rule). Classes absent from a batch keep their noise.
+  class-wise rule). Classes absent from a batch keep their noise. ``loop`` as in
+  ``make_samplewise_pass``.
   """
+  loop = loop or train.default_loop()
   parallel.check_divisible(batch_size, mesh, "PGD batch_size")
   pgd = make_batch_pgd(model, objective, num_steps, unroll)
   rows = NamedSharding(mesh, P(parallel.DATA_AXIS))
