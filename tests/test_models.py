@@ -272,3 +272,52 @@ def test_max_pool_2x2_equals_flax_max_pool_with_ties(shape):
   np.testing.assert_array_equal(vjp(ct)[0], vjp_ref(ct)[0])
   tangent = jnp.asarray(rng.normal(size=shape), jnp.float32)
   np.testing.assert_array_equal(jax.jvp(max_pool_2x2, (x,), (tangent,))[1], jax.jvp(ref, (x,), (tangent,))[1])
+
+
+@pytest.mark.parametrize("x_shape,k_shape,padding", [
+    ((4, 9, 8, 3), (3, 3, 3, 5), ((1, 1), (1, 1))),   # CIFAR-like stem
+    ((2, 7, 6, 1), (5, 3, 1, 4), ((2, 2), (0, 1))),   # uneven kernel and padding, one channel
+    ((2, 6, 6, 2), (1, 1, 2, 3), ((0, 0), (0, 0))),   # 1x1
+])
+def test_stem_conv_equals_lax_conv_in_value_and_derivatives(x_shape, k_shape, padding):
+  """The patch-product convolution used for few-channel stems on CPU agrees with
+  ``lax.conv_general_dilated`` in value, VJP (input and kernel), JVP and second order,
+  and really replaces the convolution in the compiled program."""
+  from jax import lax  # noqa: PLC0415
+
+  from jaxprotect.models.common import conv_general_dilated  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  x, w = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (x_shape, k_shape))
+  dn = ("NHWC", "HWIO", "NHWC")
+  ours = lambda x, w: conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)  # noqa: E731
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn,  # noqa: E731
+                                              precision=lax.Precision.HIGHEST)
+  assert "convolution" not in jax.jit(ours).lower(x, w).as_text()
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-4)
+  out, vjp = jax.vjp(ours, x, w)
+  out_ref, vjp_ref = jax.vjp(ref, x, w)
+  close(out, out_ref)
+  ct = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  for got, want in zip(vjp(ct), vjp_ref(ct)):
+    close(got, want)
+  tangents = tuple(jnp.asarray(rng.normal(size=v.shape), jnp.float32) for v in (x, w))
+  close(jax.jvp(ours, (x, w), tangents)[1], jax.jvp(ref, (x, w), tangents)[1])
+  hvp = lambda f: jax.jvp(jax.grad(lambda v: jnp.sum(f(v, w) ** 2)), (x,), (tangents[0],))[1]  # noqa: E731
+  close(hvp(ours), hvp(ref))
+
+
+def test_stem_conv_is_used_only_where_it_applies(monkeypatch):
+  """Only few-channel stride-1 convolutions become patch products, and
+  ``JAXPROTECT_XLA_CPU_DEFAULTS=0`` keeps XLA's own convolution everywhere."""
+  from jaxprotect.models.common import conv_general_dilated  # noqa: PLC0415
+
+  dn = ("NHWC", "HWIO", "NHWC")
+  hlo = lambda c, stride=1: jax.jit(lambda x, w: conv_general_dilated(  # noqa: E731
+      x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=dn)).lower(
+          jnp.zeros((1, 8, 8, c)), jnp.zeros((3, 3, c, 4))).as_text()
+  assert "convolution" not in hlo(3)
+  assert "convolution" in hlo(16)
+  assert "convolution" in hlo(3, stride=2)
+  monkeypatch.setenv("JAXPROTECT_XLA_CPU_DEFAULTS", "0")
+  assert "convolution" in hlo(3)

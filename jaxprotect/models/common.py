@@ -12,11 +12,13 @@ Conventions (every model in :mod:`jaxprotect.models`):
 from __future__ import annotations
 
 import functools
-from typing import Any
+import os
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 PARAM_DTYPE = jnp.float32
 BN_MOMENTUM = 0.9
@@ -77,4 +79,101 @@ def outputs(logits_BxK: jax.Array, feats_BxD: jax.Array) -> tuple[jax.Array, jax
   return logits_BxK.astype(jnp.float32), feats_BxD.astype(jnp.float32)
 
 
-conv = functools.partial(nn.Conv, param_dtype=PARAM_DTYPE)
+# Convolutions with at most this many input channels (image stems) run as patches times
+# a matrix on XLA:CPU; see conv_general_dilated.
+PATCH_CONV_MAX_IN_CHANNELS = 4
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _patches(x_BxHxWxC: jax.Array, kernel: tuple[int, int], out_hw: tuple[int, int],
+             two_stage: bool) -> jax.Array:
+  """``B x Ho x Wo x (kh kw C)`` windows of an already padded input, ordered (i, j, c) as HWIO.
+
+  ``two_stage`` gathers the kw column shifts first and then the kh row shifts of those (the
+  faster forward on XLA:CPU); otherwise all kh kw shifts at once (whose transpose, a sum of
+  padded slices, is the faster input gradient).
+  """
+  (kh, kw), (ho, wo) = kernel, out_hw
+  if two_stage:
+    cols = jnp.concatenate([x_BxHxWxC[:, :, j:j + wo] for j in range(kw)], axis=-1)
+    return jnp.concatenate([cols[:, i:i + ho] for i in range(kh)], axis=-1)
+  return jnp.concatenate([x_BxHxWxC[:, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)], axis=-1)
+
+
+def _patch_matmul(patches, kernel_HWIO, precision):
+  k = patches.shape[-1]
+  out = jnp.dot(patches.reshape(-1, k), kernel_HWIO.reshape(k, -1), precision=precision)
+  return out.reshape(*patches.shape[:-1], kernel_HWIO.shape[-1])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _patch_conv(x, kernel, padding, precision):
+  xp, kernel_hw, out_hw = _padded(x, kernel, padding)
+  return _patch_matmul(_patches(xp, kernel_hw, out_hw, two_stage=True), kernel, precision)
+
+
+def _padded(x, kernel, padding):
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  kernel_hw = kernel.shape[:2]
+  return xp, kernel_hw, (xp.shape[1] - kernel_hw[0] + 1, xp.shape[2] - kernel_hw[1] + 1)
+
+
+def _patch_conv_jvp(padding, precision, primals, tangents):
+  # The input's tangent goes through the one-stage patches (whose transpose is the fast
+  # input gradient), the kernel's through XLA's own convolution (whose transpose, the
+  # weight gradient, is as fast as a patch product). Symbolic zeros skip unused halves.
+  x, kernel = primals
+  dx, dkernel = tangents
+  y = _patch_conv(x, kernel, padding, precision)
+  terms = []
+  if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
+    dxp, kernel_hw, out_hw = _padded(dx, kernel, padding)
+    terms.append(_patch_matmul(_patches(dxp, kernel_hw, out_hw, two_stage=False), kernel, precision))
+  if not isinstance(dkernel, jax.custom_derivatives.SymbolicZero):
+    terms.append(lax.conv_general_dilated(x, dkernel, (1, 1), padding, dimension_numbers=_NHWC,
+                                          precision=precision))
+  return y, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y)
+
+
+_patch_conv.defjvp(_patch_conv_jvp, symbolic_zeros=True)
+
+
+def _uses_patch_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                     feature_group_count) -> bool:
+  if os.environ.get("JAXPROTECT_XLA_CPU_DEFAULTS", "1") == "0" or lhs.ndim != 4 or rhs.ndim != 4:
+    return False
+  if isinstance(padding, str) or any(lo < 0 or hi < 0 for lo, hi in padding):
+    return False
+  ones = (1, 1)
+  return (tuple(window_strides) == ones and tuple(lhs_dilation or ones) == ones
+          and tuple(rhs_dilation or ones) == ones and feature_group_count == 1
+          and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+          == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+          and lhs.shape[-1] <= PATCH_CONV_MAX_IN_CHANNELS)
+
+
+def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count: int = 1, precision=None, **kwargs):
+  """``lax.conv_general_dilated``, except for image stems on CPU.
+
+  A stride-1, undilated NHWC convolution with at most ``PATCH_CONV_MAX_IN_CHANNELS`` input
+  channels runs on XLA:CPU as a matrix product of its input's windows with the kernel.
+  XLA:CPU's own kernels are slow for so few channels: on 2 cores, batch 128, 32x32x3 -> 16
+  channels, the forward took 1.8 ms against 4.3 ms and the input gradient (what a PGD
+  step needs) 1.4 ms against 8.3 ms (BENCHMARKS.md). The values agree with
+  ``lax.conv_general_dilated`` up to float rounding, and so do first- and higher-order
+  derivatives (it is a ``custom_jvp``). Other platforms, other shapes and
+  ``JAXPROTECT_XLA_CPU_DEFAULTS=0`` use ``lax.conv_general_dilated`` itself.
+  """
+  args = (window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count)
+  xla = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+                          lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                          dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+                          precision=precision, **kwargs)
+  if kwargs or not _uses_patch_conv(lhs, rhs, *args):
+    return xla(lhs, rhs)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return lax.platform_dependent(lhs, rhs, cpu=lambda x, k: _patch_conv(x, k, pads, precision), default=xla)
+
+
+conv = functools.partial(nn.Conv, param_dtype=PARAM_DTYPE, conv_general_dilated=conv_general_dilated)
