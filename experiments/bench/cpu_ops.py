@@ -5,7 +5,9 @@
 For each convolution shape (3x3, stride 1, padding 1) it times the forward pass, the
 input gradient (what a PGD step needs) and the weight gradient, each as its own jitted
 function on fixed NHWC arrays, against ``F.conv2d`` and ``torch.nn.grad.conv2d_input`` /
-``conv2d_weight`` on the same values in NCHW float32; and the backward of 2x2 max
+``conv2d_weight`` on the same values in NCHW float32 (for stems of at most
+``PATCH_CONV_MAX_IN_CHANNELS`` input channels also jaxprotect's own
+``models.common.conv_general_dilated``, the patch product); and the backward of 2x2 max
 pooling: flax's ``nn.max_pool`` (``reduce_window``, whose gradient is
 ``select_and_scatter``), ``models.common.max_pool_2x2`` and PyTorch's. Prints a Markdown
 table of milliseconds (median of ``--repeats`` calls) and XLA/PyTorch time ratios.
@@ -37,14 +39,12 @@ def main(argv=None):
   p.add_argument("--repeats", type=int, default=20)
   a = p.parse_args(argv)
 
-  import flax.linen as nn
   import jax
   import jax.numpy as jnp
   import numpy as np
   import torch
-  import torch.nn.functional as F
 
-  from jaxprotect.models.common import max_pool_2x2
+  from jaxprotect.models.common import PATCH_CONV_MAX_IN_CHANNELS, conv_general_dilated
 
   rng = np.random.default_rng(0)
   jsync = lambda r=None: jax.block_until_ready(r)  # noqa: E731
@@ -57,23 +57,49 @@ def main(argv=None):
     x = rng.random((b, h, h, ci), np.float32)
     w = rng.random((3, 3, ci, co), np.float32)
     dy = rng.random((b, h, h, co), np.float32)
-    conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
-        x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
     jx, jw, jdy = jnp.asarray(x), jnp.asarray(w), jnp.asarray(dy)
-    fwd = jax.jit(conv)
-    dx = jax.jit(lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)[0])
-    dw = jax.jit(lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)[1])
-    tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-    tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
-    tdy = torch.from_numpy(dy).permute(0, 3, 1, 2).contiguous()
-    rows = (("conv forward", lambda: fwd(jx, jw), lambda: F.conv2d(tx, tw, padding=1)),
-            ("conv input grad", lambda: dx(jx, jw, jdy),
-             lambda: torch.nn.grad.conv2d_input(tx.shape, tw, tdy, padding=1)),
-            ("conv weight grad", lambda: dw(jx, jw, jdy),
-             lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tdy, padding=1)))
-    for name, jf, tf in rows:
-      tj, tt = _ms(jf, a.repeats, jsync), _ms(tf, a.repeats, tsync)
-      print(f"| {name} | {h}, {ci}, {co} | {tj:.2f} | {tt:.2f} | {tj / tt:.2f} |")
+    impls = [("", jax.lax.conv_general_dilated)]
+    if ci <= PATCH_CONV_MAX_IN_CHANNELS:
+      impls.append((" (patch product)", conv_general_dilated))
+    for suffix, impl in impls:
+      _conv_rows(impl, suffix, h, ci, co, x, w, dy, jx, jw, jdy, a.repeats, jsync, tsync)
+  _pool_rows(a, rng, jsync, tsync)
+
+
+def _conv_rows(impl, suffix, h, ci, co, x, w, dy, jx, jw, jdy, repeats, jsync, tsync):
+  import jax
+  import torch
+  import torch.nn.functional as F
+
+  conv = lambda x, w: impl(  # noqa: E731
+      x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  fwd = jax.jit(conv)
+  dx = jax.jit(lambda x, w, dy: jax.vjp(lambda v: conv(v, w), x)[1](dy)[0])
+  dw = jax.jit(lambda x, w, dy: jax.vjp(lambda v: conv(x, v), w)[1](dy)[0])
+  tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+  tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
+  tdy = torch.from_numpy(dy).permute(0, 3, 1, 2).contiguous()
+  rows = (("conv forward", lambda: fwd(jx, jw), lambda: F.conv2d(tx, tw, padding=1)),
+          ("conv input grad", lambda: dx(jx, jw, jdy),
+           lambda: torch.nn.grad.conv2d_input(tx.shape, tw, tdy, padding=1)),
+          ("conv weight grad", lambda: dw(jx, jw, jdy),
+           lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tdy, padding=1)))
+  for name, jf, tf in rows:
+    tj, tt = _ms(jf, repeats, jsync), _ms(tf, repeats, tsync)
+    print(f"| {name}{suffix} | {h}, {ci}, {co} | {tj:.2f} | {tt:.2f} | {tj / tt:.2f} |")
+
+
+def _pool_rows(a, rng, jsync, tsync):
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  import torch.nn.functional as F
+
+  from jaxprotect.models.common import max_pool_2x2
+
+  b = a.batch
   for h, c in POOL_SHAPES:
     x = np.maximum(rng.normal(size=(b, h, h, c)), 0).astype(np.float32)
     ct = rng.normal(size=(b, h // 2, h // 2, c)).astype(np.float32)
