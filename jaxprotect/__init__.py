@@ -12,6 +12,10 @@ backend has been initialised yet, and affect only the CPU backend:
   default, XLA:CPU sends convolutions to YNNPACK behind layout transposes; without,
   a ResNet-18 training step ran 1.17x and a PGD step 1.32x faster on 2 cores
   (BENCHMARKS.md, "XLA:CPU flags").
+
+The same switch, ``JAXPROTECT_XLA_CPU_DEFAULTS=0``, also turns off the CPU-only patch
+product that ``models.common.conv_general_dilated`` uses for convolutions with at most 4
+input channels (image stems).
 """
 
 import importlib

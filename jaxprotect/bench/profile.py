@@ -43,7 +43,11 @@ def op_kind(name: str) -> str:
 def top_ops(trace_file: os.PathLike | str, n: int = 8) -> list[dict[str, Any]]:
   """The ``n`` kinds of XLA operation (names without their instruction number, see
   ``op_kind``) with the most total time in ``trace_file``: kind, total milliseconds,
-  number of executions and share of all operation time."""
+  number of executions and share of all operation time.
+
+  On XLA:CPU the shares are of the traced operations only: convolutions run in Eigen's
+  thread pool inside untraced ``ThunkExecutor::Execute`` spans and are mostly missing.
+  """
   with gzip.open(trace_file, "rt") as f:
     t = json.load(f)
   events = t["traceEvents"] if isinstance(t, dict) else t
