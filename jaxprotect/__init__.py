@@ -29,8 +29,14 @@ _SUBMODULES = ("checkpoint", "cli", "config", "data", "losses", "models", "paral
 CPU_XLA_FLAGS = {"0.10": ("--xla_cpu_experimental_ynn_fusion_type=",)}
 
 
+def cpu_defaults_enabled() -> bool:
+  """False when ``JAXPROTECT_XLA_CPU_DEFAULTS=0``: no XLA:CPU flags on import and no
+  CPU-only patch-product stems (``models.common.conv_general_dilated``)."""
+  return os.environ.get("JAXPROTECT_XLA_CPU_DEFAULTS", "1") != "0"
+
+
 def _add_cpu_xla_flags() -> None:
-  if os.environ.get("JAXPROTECT_XLA_CPU_DEFAULTS", "1") == "0":
+  if not cpu_defaults_enabled():
     return
   try:
     version = metadata.version("jaxlib")

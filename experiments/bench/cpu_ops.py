@@ -22,6 +22,16 @@ CONV_SHAPES = (  # (H, C_in, C_out): small CNN width 16 and 32 on 32x32x3, ResNe
 POOL_SHAPES = ((32, 16), (16, 32), (28, 32), (14, 64))  # (H, C) of the small CNN's two pools
 
 
+def _jsync(r=None):
+  import jax
+
+  return jax.block_until_ready(r)
+
+
+def _tsync(r=None):  # CPU PyTorch ops return when done
+  return None
+
+
 def _ms(fn, repeats, sync):
   fn()
   sync()
@@ -40,15 +50,12 @@ def main(argv=None):
   a = p.parse_args(argv)
 
   import jax
-  import jax.numpy as jnp
   import numpy as np
   import torch
 
   from jaxprotect.models.common import PATCH_CONV_MAX_IN_CHANNELS, conv_general_dilated
 
   rng = np.random.default_rng(0)
-  jsync = lambda r=None: jax.block_until_ready(r)  # noqa: E731
-  tsync = lambda r=None: None  # noqa: E731  (CPU PyTorch ops return when done)
   b = a.batch
   print(f"batch {b}, jax {jax.__version__} on {jax.devices()[0].device_kind}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), median of {a.repeats} calls, ms")
@@ -57,20 +64,24 @@ def main(argv=None):
     x = rng.random((b, h, h, ci), np.float32)
     w = rng.random((3, 3, ci, co), np.float32)
     dy = rng.random((b, h, h, co), np.float32)
-    jx, jw, jdy = jnp.asarray(x), jnp.asarray(w), jnp.asarray(dy)
     impls = [("", jax.lax.conv_general_dilated)]
     if ci <= PATCH_CONV_MAX_IN_CHANNELS:
       impls.append((" (patch product)", conv_general_dilated))
     for suffix, impl in impls:
-      _conv_rows(impl, suffix, h, ci, co, x, w, dy, jx, jw, jdy, a.repeats, jsync, tsync)
-  _pool_rows(a, rng, jsync, tsync)
+      _conv_rows(impl, suffix, x, w, dy, a.repeats)
+  _pool_rows(rng, b, a.repeats)
 
 
-def _conv_rows(impl, suffix, h, ci, co, x, w, dy, jx, jw, jdy, repeats, jsync, tsync):
+def _conv_rows(impl, suffix, x, w, dy, repeats):
+  """Forward, input-gradient and weight-gradient rows of one 3x3 convolution ``impl``."""
   import jax
+  import jax.numpy as jnp
   import torch
   import torch.nn.functional as F
 
+  _, h, _, ci = x.shape
+  co = w.shape[-1]
+  jx, jw, jdy = jnp.asarray(x), jnp.asarray(w), jnp.asarray(dy)
   conv = lambda x, w: impl(  # noqa: E731
       x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
   fwd = jax.jit(conv)
@@ -85,11 +96,12 @@ def _conv_rows(impl, suffix, h, ci, co, x, w, dy, jx, jw, jdy, repeats, jsync, t
           ("conv weight grad", lambda: dw(jx, jw, jdy),
            lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tdy, padding=1)))
   for name, jf, tf in rows:
-    tj, tt = _ms(jf, repeats, jsync), _ms(tf, repeats, tsync)
+    tj, tt = _ms(jf, repeats, _jsync), _ms(tf, repeats, _tsync)
     print(f"| {name}{suffix} | {h}, {ci}, {co} | {tj:.2f} | {tt:.2f} | {tj / tt:.2f} |")
 
 
-def _pool_rows(a, rng, jsync, tsync):
+def _pool_rows(rng, b, repeats):
+  """Forward+backward rows of 2x2 max pooling: ``nn.max_pool``, ``max_pool_2x2``, PyTorch."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -99,7 +111,6 @@ def _pool_rows(a, rng, jsync, tsync):
 
   from jaxprotect.models.common import max_pool_2x2
 
-  b = a.batch
   for h, c in POOL_SHAPES:
     x = np.maximum(rng.normal(size=(b, h, h, c)), 0).astype(np.float32)
     ct = rng.normal(size=(b, h // 2, h // 2, c)).astype(np.float32)
@@ -108,9 +119,9 @@ def _pool_rows(a, rng, jsync, tsync):
         ("reduce_window", lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))), ("max_pool_2x2", max_pool_2x2))}
     tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
     tct = torch.from_numpy(ct).permute(0, 3, 1, 2).contiguous()
-    t_ms = _ms(lambda: torch.autograd.grad(F.max_pool2d(tx, 2), tx, tct), a.repeats, tsync)
+    t_ms = _ms(lambda: torch.autograd.grad(F.max_pool2d(tx, 2), tx, tct), repeats, _tsync)
     for k, g in grads.items():
-      tj = _ms(lambda g=g: g(jx, jct), a.repeats, jsync)
+      tj = _ms(lambda g=g: g(jx, jct), repeats, _jsync)
       print(f"| max-pool 2x2 forward+backward ({k}) | {h}, {c}, {c} | {tj:.2f} | {t_ms:.2f} | {tj / t_ms:.2f} |")
 
 

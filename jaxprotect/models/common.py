@@ -12,13 +12,14 @@ Conventions (every model in :mod:`jaxprotect.models`):
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxprotect import cpu_defaults_enabled
 
 PARAM_DTYPE = jnp.float32
 BN_MOMENTUM = 0.9
@@ -106,16 +107,17 @@ def _patch_matmul(patches, kernel_HWIO, precision):
   return out.reshape(*patches.shape[:-1], kernel_HWIO.shape[-1])
 
 
+def _padded(x, kernel, padding):
+  """The input padded as the convolution pads it, the kernel's (kh, kw) and the output's (Ho, Wo)."""
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  kernel_hw = kernel.shape[:2]
+  return xp, kernel_hw, (xp.shape[1] - kernel_hw[0] + 1, xp.shape[2] - kernel_hw[1] + 1)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _patch_conv(x, kernel, padding, precision):
   xp, kernel_hw, out_hw = _padded(x, kernel, padding)
   return _patch_matmul(_patches(xp, kernel_hw, out_hw, two_stage=True), kernel, precision)
-
-
-def _padded(x, kernel, padding):
-  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  kernel_hw = kernel.shape[:2]
-  return xp, kernel_hw, (xp.shape[1] - kernel_hw[0] + 1, xp.shape[2] - kernel_hw[1] + 1)
 
 
 def _patch_conv_jvp(padding, precision, primals, tangents):
@@ -140,7 +142,7 @@ _patch_conv.defjvp(_patch_conv_jvp, symbolic_zeros=True)
 
 def _uses_patch_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                      feature_group_count) -> bool:
-  if os.environ.get("JAXPROTECT_XLA_CPU_DEFAULTS", "1") == "0" or lhs.ndim != 4 or rhs.ndim != 4:
+  if not cpu_defaults_enabled() or lhs.ndim != 4 or rhs.ndim != 4:
     return False
   if isinstance(padding, str) or any(lo < 0 or hi < 0 for lo, hi in padding):
     return False
