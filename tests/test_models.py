@@ -321,3 +321,74 @@ def test_stem_conv_is_used_only_where_it_applies(monkeypatch):
   assert "convolution" in hlo(3, stride=2)
   monkeypatch.setenv("JAXPROTECT_XLA_CPU_DEFAULTS", "0")
   assert "convolution" in hlo(3)
+
+
+def _bn_pair(dtype, train):
+  import flax.linen as nn  # noqa: PLC0415
+
+  from jaxprotect.models import norm  # noqa: PLC0415
+
+  kw = dict(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+  return norm.BatchNorm(**kw), nn.BatchNorm(**kw)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_equals_flax_batch_norm(dtype):
+  """``models.norm.BatchNorm`` has flax's variables and agrees with ``nn.BatchNorm`` in
+  training-mode outputs, running-statistics updates, eval-mode outputs, gradients (input,
+  scale, bias), JVP and a Hessian-vector product; its CPU rule really is in the program."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(1.5, 2.0, size=(6, 5, 4, 7)), dtype)
+  ours, ref = _bn_pair(dtype, train=True)
+  variables = ref.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == jax.tree.map(jnp.shape, variables)
+  assert jax.tree.map(lambda a: a.dtype, ours.init(jax.random.PRNGKey(0), x)) == jax.tree.map(
+      lambda a: a.dtype, variables)
+  params = {"scale": jnp.asarray(rng.normal(1, 0.3, 7), jnp.float32), "bias": jnp.asarray(rng.normal(size=7), jnp.float32)}
+  stats = {"mean": jnp.asarray(rng.normal(size=7), jnp.float32), "var": jnp.asarray(rng.uniform(0.5, 2, 7), jnp.float32)}
+  tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=1e-2, atol=1e-2)
+  close = functools.partial(np.testing.assert_allclose, **tol)
+
+  def apply(m):
+    return lambda p, x: m.apply({"params": p, "batch_stats": stats}, x, mutable=["batch_stats"])
+
+  (y, new), (y_ref, new_ref) = apply(ours)(params, x), apply(ref)(params, x)
+  assert y.dtype == y_ref.dtype == dtype
+  close(np.float32(y), np.float32(y_ref))
+  for k in ("mean", "var"):  # statistics are float32 in both
+    np.testing.assert_allclose(new["batch_stats"][k], new_ref["batch_stats"][k], rtol=1e-5, atol=1e-6)
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(apply(m)(p, x)[0].astype(jnp.float32)))  # noqa: E731
+  grad_hlo = lambda m: jax.jit(jax.grad(loss(m), argnums=(0, 1))).lower(params, x).compile().as_text()  # noqa: E731
+  assert " reduce(" not in grad_hlo(ours) and " reduce(" in grad_hlo(ref)  # the CPU rule is what runs
+
+  for got, want in zip(jax.grad(loss(ours), argnums=(0, 1))(params, x), jax.grad(loss(ref), argnums=(0, 1))(params, x)):
+    jax.tree.map(lambda a, b: close(np.float32(a), np.float32(b)), got, want)
+  if dtype == jnp.float32:
+    tx = jnp.asarray(rng.normal(size=x.shape), dtype)
+    tp = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype), params)
+    jvp = lambda m: jax.jvp(apply(m), (params, x), (tp, tx))[1]  # noqa: E731
+    jax.tree.map(close, jvp(ours), jvp(ref))
+    hvp = lambda m: jax.jvp(jax.grad(loss(m), argnums=1), (params, x), (tp, tx))[1]  # noqa: E731
+    close(hvp(ours), hvp(ref))
+
+  ours_eval, ref_eval = _bn_pair(dtype, train=False)
+  v = {"params": params, "batch_stats": stats}
+  y_eval, y_eval_ref = ours_eval.apply(v, x), ref_eval.apply(v, x)
+  assert y_eval.dtype == y_eval_ref.dtype
+  close(np.float32(y_eval), np.float32(y_eval_ref))
+
+
+def test_batch_norm_is_flax_batch_norm_without_cpu_defaults(monkeypatch):
+  """The zoo's BatchNorm is ours on CPU and flax's with ``JAXPROTECT_XLA_CPU_DEFAULTS=0``;
+  a ResNet's variable tree is the same either way (checkpoints carry over)."""
+  import flax.linen as nn  # noqa: PLC0415
+
+  from jaxprotect.models import common, norm  # noqa: PLC0415
+
+  assert isinstance(common.batch_norm(True, jnp.float32), norm.BatchNorm)
+  model = models.get("resnet18", 10, width=4)
+  x = jnp.zeros((2, 8, 8, 3))
+  shapes = jax.tree.map(jnp.shape, jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=True)))
+  monkeypatch.setenv("JAXPROTECT_XLA_CPU_DEFAULTS", "0")
+  assert type(common.batch_norm(True, jnp.float32)) is nn.BatchNorm
+  assert jax.tree.map(jnp.shape, jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=True))) == shapes
