@@ -15,7 +15,8 @@ backend has been initialised yet, and affect only the CPU backend:
 
 The same switch, ``JAXPROTECT_XLA_CPU_DEFAULTS=0``, also turns off the CPU-only patch
 product that ``models.common.conv_general_dilated`` uses for convolutions with at most 4
-input channels (image stems).
+input channels (image stems) and the CPU rule of ``models.norm.BatchNorm`` (the zoo then
+uses ``flax.linen.BatchNorm``).
 """
 
 import importlib
@@ -30,8 +31,9 @@ CPU_XLA_FLAGS = {"0.10": ("--xla_cpu_experimental_ynn_fusion_type=",)}
 
 
 def cpu_defaults_enabled() -> bool:
-  """False when ``JAXPROTECT_XLA_CPU_DEFAULTS=0``: no XLA:CPU flags on import and no
-  CPU-only patch-product stems (``models.common.conv_general_dilated``)."""
+  """False when ``JAXPROTECT_XLA_CPU_DEFAULTS=0``: no XLA:CPU flags on import, no CPU-only
+  patch-product stems (``models.common.conv_general_dilated``) and flax's own BatchNorm
+  (``models.common.batch_norm``)."""
   return os.environ.get("JAXPROTECT_XLA_CPU_DEFAULTS", "1") != "0"
 
 
