@@ -10,6 +10,7 @@ Datasets:
   cifar10, cifar100, svhn_cropped   the reference setup (TFDS or --config.data_dir)
 ``,classwise``: class-wise noise (per outer iteration one PGD pass over a fixed 20% subset,
 each class taking the mean of its examples' perturbations).
+``,random``: the control -- uniform noise in [-eps, eps] (sample- or class-wise), not crafted.
 Reference defaults: eps 8/255, 10 surrogate steps + 20 PGD steps of 0.8/255 per outer
 iteration over batches of 512, stop when the surrogate's error on the perturbed set is
 below 1%; surrogate SGD 0.1, momentum 0.9, weight decay 5e-4, gradient clip 5.
@@ -20,9 +21,11 @@ from jaxprotect.unlearnable.crafting import unlearnable_config, with_dataset
 
 def get_config(arg: str | None = None):
   parts = (arg or "fashion_mnist_mini").split(",")
-  if set(parts[1:]) - {"classwise"}:
-    raise ValueError(f"unknown options {sorted(set(parts[1:]) - {'classwise'})} in experiments/em.py:{arg}")
+  if set(parts[1:]) - {"classwise", "random"}:
+    raise ValueError(f"unknown options {sorted(set(parts[1:]) - {'classwise', 'random'})} in experiments/em.py:{arg}")
   c = with_dataset(unlearnable_config(), parts[0])
   if "classwise" in parts[1:]:
     c.mode = "class"
+  if "random" in parts[1:]:
+    c.method = "random"
   return c

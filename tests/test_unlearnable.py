@@ -7,7 +7,6 @@ import pathlib
 import subprocess
 import sys
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,6 +72,26 @@ def _tiny_config(method="em", mode="sample"):
   c.checkpoint.async_save = False
   c.loop = "host"
   return c
+
+
+@pytest.mark.parametrize("mode", ["sample", "class"])
+def test_random_method_writes_uniform_noise_without_crafting(host, tmp_path, mode):
+  """``method="random"``, the papers' control: the initial uniform noise, no surrogate
+  steps, within eps (and the pixel range, sample-wise), the same for the same seed."""
+  c = _tiny_config("random", mode)
+  c.eps = 0.25
+  mesh = parallel.make_mesh(1)
+  ds = data.to_device(host, mesh)
+  r = [crafting.craft(c, tmp_path / f"r{i}", mesh, ds) for i in range(2)]
+  assert r[0]["iterations"] == 0 and r[0]["perturbed_train_accuracy"] is None
+  d = [poison_io.load_poison(x["poison"]).delta for x in r]
+  np.testing.assert_array_equal(d[0], d[1])
+  assert d[0].shape == ((64 if mode == "sample" else 4), 8, 8, 1)
+  assert np.abs(d[0]).max() <= np.float32(c.eps) and np.abs(d[0]).mean() > 0.3 * c.eps
+  if mode == "sample":
+    x = np.asarray(jax.device_get(ds.train.images), np.float32) / 255.0
+    assert (x + d[0]).min() >= -1e-6 and (x + d[0]).max() <= 1 + 1e-6
+  assert not (tmp_path / "r0" / "metrics.jsonl").exists() or not (tmp_path / "r0" / "metrics.jsonl").read_text()
 
 
 @pytest.mark.parametrize("method,mode,layout,loop", [
@@ -234,13 +253,9 @@ def test_em_poison_costs_a_victim_far_more_than_random_noise_on_real_data(tmp_pa
   assert cli_main(["evaluate", *common, f"--config.poison={tmp_path / 'em'}", "--workdir", str(tmp_path / "em_victim")]) == 0
   em = json.loads((tmp_path / "em_victim" / "results.json").read_text())["test_accuracy"]
 
-  c = crafting.with_dataset(crafting.unlearnable_config(), "fashion_mnist_mini")
-  c.train_subset, c.num_devices, c.eps, c.method = 2000, 1, 0.3, "uniform_random"
-  ds = data.to_device(data.subset(data.load_arrays(c.dataset), c.train_subset), parallel.make_mesh(1))
-  x = np.asarray(jax.device_get(ds.train.images), np.float32) / 255.0
-  noise = np.random.default_rng(0).uniform(-c.eps, c.eps, size=x.shape).astype(np.float32)
-  poison_io.save_poison(tmp_path / "random" / "poison", np.clip(x + noise, 0.0, 1.0) - x, "sample", ds, config=c)
-  assert cli_main(["evaluate", *common, f"--config.poison={tmp_path / 'random'}", "--config.evaluate_clean=False",
+  rand_args = [common[0], EM + ":fashion_mnist_mini,random", *common[2:]]
+  assert cli_main(["poison", *rand_args, "--workdir", str(tmp_path / "random")]) == 0
+  assert cli_main(["evaluate", *rand_args, f"--config.poison={tmp_path / 'random'}", "--config.evaluate_clean=False",
                    "--workdir", str(tmp_path / "random_victim")]) == 0
   rand = json.loads((tmp_path / "random_victim" / "results.json").read_text())["test_accuracy"]
   assert em["clean"] > 0.70, em

@@ -30,8 +30,12 @@ def cmd_poison(argv: Sequence[str]) -> int:
   mesh = parallel.make_mesh(config.num_devices or None)
   ds = runner.load_dataset(config, mesh)
   results = crafting.craft(config, fv.workdir, mesh, ds)
-  print(f"{results['method']} {results['mode']}-wise, eps {255 * results['eps']:.1f}/255: {results['iterations']} "
-        f"iterations, surrogate accuracy on the perturbed set {100 * results['perturbed_train_accuracy']:.2f}%")
+  head = f"{results['method']} {results['mode']}-wise, eps {255 * results['eps']:.1f}/255"
+  if results["perturbed_train_accuracy"] is None:  # method "random": nothing crafted
+    print(f"{head}: uniform noise, no crafting")
+  else:
+    print(f"{head}: {results['iterations']} iterations, surrogate accuracy on the perturbed set "
+          f"{100 * results['perturbed_train_accuracy']:.2f}%")
   print(f"poison: {results['poison']}")
   exports = set(fv.export) | {f for f in ("png", "npz") if config.export[f]}
   if exports and parallel.is_main_process():

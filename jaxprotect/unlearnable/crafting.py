@@ -31,7 +31,7 @@ from jaxprotect.data.augment import AugmentConfig
 from jaxprotect.metrics import MetricsWriter
 from jaxprotect.unlearnable import pgd, poison_io
 
-METHODS = ("em", "mi_ue")
+METHODS = ("em", "mi_ue", "random")  # "random": uniform noise, the papers' control
 MODES = ("sample", "class")
 # Fields of the unlearnable config that do not change what crafting computes.
 _NOT_CRAFTING = ("victim", "poison", "poison_fraction", "evaluate_clean", "export")
@@ -52,7 +52,7 @@ def unlearnable_config() -> ml_collections.ConfigDict:
   c.optimizer.lr = 0.1
   c.optimizer.schedule = "constant"
   c.optimizer.grad_clip = 5.0
-  c.method = "em"  # "em" or "mi_ue"
+  c.method = "em"  # "em", "mi_ue" or "random" (uniform noise in [-eps, eps], no crafting)
   c.mode = "sample"  # "sample" (one delta per example id) or "class" (one per class)
   c.eps = 8 / 255
   c.pgd = ml_collections.ConfigDict(dict(steps=20, step_size=0.8 / 255, step_size_end=config_dict.placeholder(float),
@@ -217,7 +217,8 @@ def craft(
   bar = tqdm(total=config.max_iterations, initial=iteration, disable=not (main and config.progress), unit="iter",
              dynamic_ncols=True, desc=f"{config.method}-{config.mode}")
   record: dict[str, Any] = {}
-  while not done and iteration < config.max_iterations:
+  # "random" is the control of the papers' tables: the initial uniform noise, uncrafted.
+  while config.method != "random" and not done and iteration < config.max_iterations:
     split = ds.train.replace(delta=delta, delta_mode=config.mode)
     # Surrogate phase: train_steps steps continuing the epoch (chunks never cross an epoch).
     remaining, ms = train_steps, []
@@ -248,11 +249,14 @@ def craft(
   ckpt.close()
   writer.close()
 
-  if not record:  # resumed after the end: report the stored state
-    acc = float(eval_fn(surrogate, ds.train.replace(delta=delta, delta_mode=config.mode))["accuracy"])
-    record = {"perturbed_train_accuracy": acc}
-  # What the noise carries for the surrogate: its accuracy on the same images without it.
-  record["clean_train_accuracy"] = float(eval_fn(surrogate, ds.train)["accuracy"])
+  if config.method == "random":  # no surrogate was trained: nothing to report about one
+    record = {"perturbed_train_accuracy": None, "clean_train_accuracy": None}
+  else:
+    if not record:  # resumed after the end: report the stored state
+      acc = float(eval_fn(surrogate, ds.train.replace(delta=delta, delta_mode=config.mode))["accuracy"])
+      record = {"perturbed_train_accuracy": acc}
+    # What the noise carries for the surrogate: its accuracy on the same images without it.
+    record["clean_train_accuracy"] = float(eval_fn(surrogate, ds.train)["accuracy"])
   poison_dir = workdir / "poison"
   manifest = None
   if main:

@@ -1,0 +1,85 @@
+"""How large must eps be for EM noise to hurt a victim on Fashion-MNIST? A sweep over
+eps, surrogate, victim augmentation and training-set size on the embedded slice, with a
+uniform-random-noise control.
+
+  python experiments/em_eps_sweep.py --workdir runs/em_eps [--rows B,C,R]
+
+Every row crafts with ``jaxprotect poison`` (``experiments/em.py:fashion_mnist_mini``,
+surrogate batch 32, 5 surrogate steps + 10 PGD steps of eps/10 per outer iteration, stop
+rule 1%) and trains small-CNN victims for 5 epochs (batch 100) with ``jaxprotect
+evaluate``. The control row's noise is ``em.py:...,random`` (uniform in [-eps, eps]).
+Writes ``table.md`` and ``table.json``; rerunning resumes finished runs instead of
+redoing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SURROGATES = {"mlp": ["--config.model=mlp"], "small_cnn": ["--config.model_kwargs.width=16"]}
+# name: (training images, eps, surrogate or "random", victim augmentation, mode)
+ROWS = {
+    "A": (2000, 8 / 255, "mlp", "crop2,flip", "sample"),
+    "B": (2000, 8 / 255, "small_cnn", "none", "sample"),
+    "C": (2000, 0.3, "mlp", "crop2,flip", "sample"),
+    "D": (2000, 0.3, "mlp", "none", "sample"),
+    "E": (2000, 0.3, "small_cnn", "crop2,flip", "sample"),
+    "F": (2000, 0.3, "small_cnn", "none", "sample"),
+    "R": (2000, 0.3, "random", "crop2,flip", "sample"),
+    "G": (2000, 0.3, "mlp", "crop2,flip", "class"),
+    "H": (10000, 32 / 255, "small_cnn", "crop2,flip", "sample"),
+    "I": (10000, 0.3, "mlp", "crop2,flip", "sample"),
+    "J": (10000, 0.3, "small_cnn", "crop2,flip", "sample"),
+    "K": (10000, 0.3, "small_cnn", "none", "sample"),
+    "L": (10000, 0.3, "mlp", "crop2,flip", "class"),
+}
+
+
+def _args(size, eps, surrogate, augment, mode):
+  variant = "fashion_mnist_mini" + (",classwise" if mode == "class" else "") + (",random" if surrogate == "random" else "")
+  args = ["--config", f"{REPO / 'experiments' / 'em.py'}:{variant}",
+          f"--config.train_subset={size}", "--config.num_devices=1", "--config.progress=False",
+          f"--config.eps={eps}", f"--config.pgd.step_size={eps / 10}", "--config.batch_size=32",
+          "--config.train_steps=5", "--config.pgd.batch_size=250", "--config.pgd.steps=10",
+          "--config.max_iterations=60", "--config.victim.epochs=5", "--config.victim.batch_size=100",
+          f"--config.victim.augment={augment}"]
+  return args + SURROGATES.get(surrogate, [])
+
+
+def main(argv=None) -> int:
+  from jaxprotect.cli import main as cli
+
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--workdir", default="runs/em_eps")
+  p.add_argument("--rows", default=",".join(ROWS))
+  a = p.parse_args(argv)
+  work, rows = pathlib.Path(a.workdir), []
+  for name in a.rows.split(","):
+    size, eps, surrogate, augment, mode = ROWS[name]
+    args, craft, victim = _args(size, eps, surrogate, augment, mode), work / name, work / f"{name}_victim"
+    if cli(["poison", *args, "--workdir", str(craft)]) != 0:
+      return 1
+    if cli(["evaluate", *args, f"--config.poison={craft}", "--workdir", str(victim)]) != 0:
+      return 1
+    acc = json.loads((victim / "results.json").read_text())["test_accuracy"]
+    rows.append({"row": name, "train_images": size, "eps": eps, "surrogate": surrogate, "mode": mode,
+                 "victim_augment": augment, "clean": acc["clean"], "poisoned": acc["poisoned"]})
+  lines = ["| training images | eps | noise | victim augmentation | clean victim | poisoned victim | drop |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    noise = "uniform random" if r["surrogate"] == "random" else f"EM {r['mode']}-wise, {r['surrogate']} surrogate"
+    eps = f"{r['eps']:.2g}" if r["eps"] >= 0.2 else f"{round(255 * r['eps'])}/255"
+    lines.append(f"| {r['train_images']:,} | {eps} | {noise} | {r['victim_augment']} | {100 * r['clean']:.2f}% | "
+                 f"{100 * r['poisoned']:.2f}% | {100 * (r['clean'] - r['poisoned']):.1f} |")
+  (work / "table.md").write_text("\n".join(lines) + "\n")
+  (work / "table.json").write_text(json.dumps(rows, indent=2))
+  print("\n".join(lines))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
