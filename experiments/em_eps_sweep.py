@@ -9,7 +9,9 @@ surrogate batch 32, 5 surrogate steps + 10 PGD steps of eps/10 per outer iterati
 rule 1%) and trains small-CNN victims for 5 epochs (batch 100) with ``jaxprotect
 evaluate``. The control row's noise is ``em.py:...,random`` (uniform in [-eps, eps]).
 Writes ``table.md`` and ``table.json``; rerunning resumes finished runs instead of
-redoing them.
+redoing them. With row L (the class-wise poison on 10k images) it also prints how far
+apart the classes and the class-wise patterns are, and what a linear classifier trained
+on that poison scores on the clean test set.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SURROGATES = {"mlp": ["--config.model=mlp"], "small_cnn": ["--config.model_kwargs.width=16"]}
+LABELS = {"mlp": "MLP (32-32)", "small_cnn": "small-CNN (width 16)"}
 # name: (training images, eps, surrogate or "random", victim augmentation, mode)
 ROWS = {
     "A": (2000, 8 / 255, "mlp", "crop2,flip", "sample"),
@@ -50,6 +53,46 @@ def _args(size, eps, surrogate, augment, mode):
   return args + SURROGATES.get(surrogate, [])
 
 
+def linear_probe(poison_dir: pathlib.Path, size: int) -> dict:
+  """Class-mean and class-pattern L2 distances (pixel units), and the clean-test accuracy
+  of a softmax regression (full-batch SGD, 300 steps) trained on clean and on the
+  class-wise poisoned images."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from jaxprotect import data
+  from jaxprotect.unlearnable import poison_io
+
+  host = data.subset(data.load_arrays("fashion_mnist_mini"), size)
+  x, y = host.train.images.reshape(size, -1) / 255.0, host.train.labels
+  xt, yt = host.test.images.reshape(len(host.test.labels), -1) / 255.0, host.test.labels
+  pattern = poison_io.load_poison(poison_dir).delta.reshape(10, -1)
+  means = np.stack([x[y == k].mean(0) for k in range(10)])
+  pairs = lambda a: np.linalg.norm(a[:, None] - a[None], axis=-1)[np.triu_indices(10, 1)]  # noqa: E731
+
+  def fit(train_x):
+    opt = optax.sgd(0.5, 0.9)
+    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(train_x @ p[0] + p[1], y).mean()  # noqa: E731
+
+    @jax.jit
+    def step(p, s):
+      u, s = opt.update(jax.grad(loss)(p), s)
+      return optax.apply_updates(p, u), s
+
+    p = (jnp.zeros((x.shape[1], 10)), jnp.zeros(10))
+    s = opt.init(p)
+    for _ in range(300):
+      p, s = step(p, s)
+    acc = lambda a, b: float(np.mean(np.argmax(a @ p[0] + p[1], 1) == b))  # noqa: E731
+    return {"train": acc(train_x, y), "clean_test": acc(xt, yt)}
+
+  return {"class_mean_distance": [float(pairs(means).min()), float(pairs(means).max())],
+          "pattern_distance": [float(pairs(pattern).min()), float(pairs(pattern).max())],
+          "linear_clean": fit(x), "linear_poisoned": fit(np.clip(x + pattern[y], 0.0, 1.0))}
+
+
 def main(argv=None) -> int:
   from jaxprotect.cli import main as cli
 
@@ -71,10 +114,14 @@ def main(argv=None) -> int:
   lines = ["| training images | eps | noise | victim augmentation | clean victim | poisoned victim | drop |",
            "|---|---|---|---|---|---|---|"]
   for r in rows:
-    noise = "uniform random" if r["surrogate"] == "random" else f"EM {r['mode']}-wise, {r['surrogate']} surrogate"
+    noise = "uniform random" if r["surrogate"] == "random" else f"EM {r['mode']}-wise, {LABELS[r['surrogate']]} surrogate"
     eps = f"{r['eps']:.2g}" if r["eps"] >= 0.2 else f"{round(255 * r['eps'])}/255"
     lines.append(f"| {r['train_images']:,} | {eps} | {noise} | {r['victim_augment']} | {100 * r['clean']:.2f}% | "
                  f"{100 * r['poisoned']:.2f}% | {100 * (r['clean'] - r['poisoned']):.1f} |")
+  if "L" in a.rows.split(","):
+    probe = linear_probe(work / "L", ROWS["L"][0])
+    (work / "linear_probe.json").write_text(json.dumps(probe, indent=2))
+    lines += ["", f"linear probe (row L): {json.dumps(probe)}"]
   (work / "table.md").write_text("\n".join(lines) + "\n")
   (work / "table.json").write_text(json.dumps(rows, indent=2))
   print("\n".join(lines))
