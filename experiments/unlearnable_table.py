@@ -1,5 +1,6 @@
 """The unlearnable-examples results table: clean vs EM sample-wise vs EM class-wise vs
-MI-UE, each crafted with ``jaxprotect poison`` and evaluated with ``jaxprotect evaluate``.
+MI-UE vs uniform random noise of the same eps (the control), each made with ``jaxprotect
+poison`` and evaluated with ``jaxprotect evaluate``.
 
   python experiments/unlearnable_table.py --variant fashion_mnist_mini --workdir runs/ue [--config.<field>=<value> ...]
 
@@ -18,7 +19,8 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-METHODS = (("em_sample", "em.py:{v}"), ("em_class", "em.py:{v},classwise"), ("mi_ue", "mi_ue.py:{v}"))
+METHODS = (("em_sample", "em.py:{v}"), ("em_class", "em.py:{v},classwise"), ("mi_ue", "mi_ue.py:{v}"),
+           ("random", "em.py:{v},random"))  # the control: uniform noise in [-eps, eps]
 
 
 def main(argv=None) -> int:
@@ -52,7 +54,9 @@ def main(argv=None) -> int:
            "| poison | victim clean-test acc. | outer iterations | surrogate acc. perturbed / clean train | craft s |",
            "|---|---|---|---|---|"]
   for r in rows:
-    if "iterations" in r:
+    if r.get("surrogate_perturbed_acc") is None and "iterations" in r:  # the random control
+      lines.append(f"| {r['poison']} | {100 * r['victim_test_accuracy']:.2f}% | - | - | {r['craft_seconds']} |")
+    elif "iterations" in r:
       lines.append(f"| {r['poison']} | {100 * r['victim_test_accuracy']:.2f}% | {r['iterations']} | "
                    f"{100 * r['surrogate_perturbed_acc']:.1f}% / {100 * r['surrogate_clean_acc']:.1f}% | "
                    f"{r['craft_seconds']} |")
