@@ -21,8 +21,9 @@ from jaxprotect.unlearnable.crafting import unlearnable_config, with_dataset
 
 def get_config(arg: str | None = None):
   parts = (arg or "fashion_mnist_mini").split(",")
-  if set(parts[1:]) - {"classwise", "random"}:
-    raise ValueError(f"unknown options {sorted(set(parts[1:]) - {'classwise', 'random'})} in experiments/em.py:{arg}")
+  unknown = set(parts[1:]) - {"classwise", "random"}
+  if unknown:
+    raise ValueError(f"unknown options {sorted(unknown)} in experiments/em.py:{arg}")
   c = with_dataset(unlearnable_config(), parts[0])
   if "classwise" in parts[1:]:
     c.mode = "class"

@@ -100,8 +100,8 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", default="runs/em_eps")
   p.add_argument("--rows", default=",".join(ROWS))
   a = p.parse_args(argv)
-  work, rows = pathlib.Path(a.workdir), []
-  for name in a.rows.split(","):
+  work, rows, names = pathlib.Path(a.workdir), [], a.rows.split(",")
+  for name in names:
     size, eps, surrogate, augment, mode = ROWS[name]
     args, craft, victim = _args(size, eps, surrogate, augment, mode), work / name, work / f"{name}_victim"
     if cli(["poison", *args, "--workdir", str(craft)]) != 0:
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     eps = f"{r['eps']:.2g}" if r["eps"] >= 0.2 else f"{round(255 * r['eps'])}/255"
     lines.append(f"| {r['train_images']:,} | {eps} | {noise} | {r['victim_augment']} | {100 * r['clean']:.2f}% | "
                  f"{100 * r['poisoned']:.2f}% | {100 * (r['clean'] - r['poisoned']):.1f} |")
-  if "L" in a.rows.split(","):
+  if "L" in names:
     probe = linear_probe(work / "L", ROWS["L"][0])
     (work / "linear_probe.json").write_text(json.dumps(probe, indent=2))
     lines += ["", f"linear probe (row L): {json.dumps(probe)}"]

@@ -340,10 +340,9 @@ def test_batch_norm_equals_flax_batch_norm(dtype):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(1.5, 2.0, size=(6, 5, 4, 7)), dtype)
   ours, ref = _bn_pair(dtype, train=True)
-  variables = ref.init(jax.random.PRNGKey(0), x)
-  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == jax.tree.map(jnp.shape, variables)
-  assert jax.tree.map(lambda a: a.dtype, ours.init(jax.random.PRNGKey(0), x)) == jax.tree.map(
-      lambda a: a.dtype, variables)
+  variables, ours_variables = (m.init(jax.random.PRNGKey(0), x) for m in (ref, ours))
+  assert jax.tree.map(jnp.shape, ours_variables) == jax.tree.map(jnp.shape, variables)
+  assert jax.tree.map(lambda a: a.dtype, ours_variables) == jax.tree.map(lambda a: a.dtype, variables)
   params = {"scale": jnp.asarray(rng.normal(1, 0.3, 7), jnp.float32), "bias": jnp.asarray(rng.normal(size=7), jnp.float32)}
   stats = {"mean": jnp.asarray(rng.normal(size=7), jnp.float32), "var": jnp.asarray(rng.uniform(0.5, 2, 7), jnp.float32)}
   tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=1e-2, atol=1e-2)
