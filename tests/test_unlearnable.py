@@ -91,7 +91,9 @@ def test_random_method_writes_uniform_noise_without_crafting(host, tmp_path, mod
   if mode == "sample":
     x = np.asarray(jax.device_get(ds.train.images), np.float32) / 255.0
     assert (x + d[0]).min() >= -1e-6 and (x + d[0]).max() <= 1 + 1e-6
-  assert not (tmp_path / "r0" / "metrics.jsonl").exists() or not (tmp_path / "r0" / "metrics.jsonl").read_text()
+  # No surrogate: nothing trained, checkpointed or logged.
+  assert r[0]["surrogate_params_sha256"] is None and r[0]["clean_train_accuracy"] is None
+  assert not any((tmp_path / "r0" / f).exists() for f in ("metrics.jsonl", "checkpoints"))
 
 
 @pytest.mark.parametrize("method,mode,layout,loop", [

@@ -173,16 +173,22 @@ def craft(
   # The surrogate's schedule spans all outer iterations (MI-UE: cosine over its epochs).
   optimizer = train.make_optimizer(config.optimizer, train_steps, config.max_iterations)
   k_model, k_delta, k_subset = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  surrogate = train.init_state(model, optimizer, ds.example, k_model, mesh)
   if config.mode == "sample":
     init = jax.jit(pgd.init_delta, static_argnums=(1, 2), out_shardings=ds.train.images.sharding)
     delta = init(k_delta, (n, *ds.train.image_shape), config.eps, ds.train.images)
   else:
     delta = jax.device_put(pgd.init_delta(k_delta, (k, *ds.train.image_shape), config.eps), parallel.replicated(mesh))
+  chash = crafting_hash(config)
+  if main:
+    config_lib.write_json_atomic(workdir / "config.json", {"config": config.to_dict(), "config_hash": chash,
+                                                           "dataset": data.describe(ds)})
+  if config.method == "random":  # the papers' control: the initial uniform noise, uncrafted, no surrogate
+    return _finish(config, workdir, ds, mesh, delta, chash, t0=time.time(), iteration=0, done=False,
+                   record={"perturbed_train_accuracy": None, "clean_train_accuracy": None}, surrogate_digest=None)
+  surrogate = train.init_state(model, optimizer, ds.example, k_model, mesh)
   ckpt_state = {"surrogate": surrogate, "delta": delta, "iteration": jnp.zeros((), jnp.int32),
                 "done": jnp.zeros((), bool)}
 
-  chash = crafting_hash(config)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", chash, keep=config.checkpoint.keep,
                                  async_save=config.checkpoint.async_save)
   if ckpt.latest_step() is not None:
@@ -192,9 +198,6 @@ def craft(
                        f"{meta.get('dataset_fingerprint')}, but {config.dataset!r} now has {ds.fingerprint}")
   surrogate, delta = ckpt_state["surrogate"], ckpt_state["delta"]
   iteration, done = int(ckpt_state["iteration"]), bool(ckpt_state["done"])
-  if main:
-    config_lib.write_json_atomic(workdir / "config.json", {"config": config.to_dict(), "config_hash": chash,
-                                                           "dataset": data.describe(ds)})
   writer = MetricsWriter(workdir, resume_step=iteration, tensorboard=config.tensorboard)
   meta = {"dataset_fingerprint": ds.fingerprint, "phase": "craft"}
 
@@ -217,8 +220,7 @@ def craft(
   bar = tqdm(total=config.max_iterations, initial=iteration, disable=not (main and config.progress), unit="iter",
              dynamic_ncols=True, desc=f"{config.method}-{config.mode}")
   record: dict[str, Any] = {}
-  # "random" is the control of the papers' tables: the initial uniform noise, uncrafted.
-  while config.method != "random" and not done and iteration < config.max_iterations:
+  while not done and iteration < config.max_iterations:
     split = ds.train.replace(delta=delta, delta_mode=config.mode)
     # Surrogate phase: train_steps steps continuing the epoch (chunks never cross an epoch).
     remaining, ms = train_steps, []
@@ -249,14 +251,18 @@ def craft(
   ckpt.close()
   writer.close()
 
-  if config.method == "random":  # no surrogate was trained: nothing to report about one
-    record = {"perturbed_train_accuracy": None, "clean_train_accuracy": None}
-  else:
-    if not record:  # resumed after the end: report the stored state
-      acc = float(eval_fn(surrogate, ds.train.replace(delta=delta, delta_mode=config.mode))["accuracy"])
-      record = {"perturbed_train_accuracy": acc}
-    # What the noise carries for the surrogate: its accuracy on the same images without it.
-    record["clean_train_accuracy"] = float(eval_fn(surrogate, ds.train)["accuracy"])
+  if not record:  # resumed after the end: report the stored state
+    acc = float(eval_fn(surrogate, ds.train.replace(delta=delta, delta_mode=config.mode))["accuracy"])
+    record = {"perturbed_train_accuracy": acc}
+  # What the noise carries for the surrogate: its accuracy on the same images without it.
+  record["clean_train_accuracy"] = float(eval_fn(surrogate, ds.train)["accuracy"])
+  return _finish(config, workdir, ds, mesh, delta, chash, t0, iteration, done, record,
+                 runner.params_digest(surrogate.params))
+
+
+def _finish(config, workdir, ds, mesh, delta, chash, t0, iteration, done, record, surrogate_digest) -> dict[str, Any]:
+  """Saves the poison (and its preview) and writes ``results.json``."""
+  main = parallel.is_main_process()
   poison_dir = workdir / "poison"
   manifest = None
   if main:
@@ -275,7 +281,7 @@ def craft(
       "perturbed_train_accuracy": record["perturbed_train_accuracy"],
       "clean_train_accuracy": record["clean_train_accuracy"],
       "delta_sha256": manifest["files"]["delta.npy"] if manifest else None,
-      "surrogate_params_sha256": runner.params_digest(surrogate.params),
+      "surrogate_params_sha256": surrogate_digest,
       "num_devices": int(mesh.devices.size),
       "seconds_this_process": round(time.time() - t0, 2),
       "config_hash": chash,
