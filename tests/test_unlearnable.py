@@ -239,18 +239,22 @@ def test_em_noise_is_error_minimizing_on_real_data_and_victims_are_evaluated(tmp
 
 
 @pytest.mark.slow
-def test_em_poison_costs_a_victim_far_more_than_random_noise_on_real_data(tmp_path):
-  """The victim effect on 2,000 real Fashion-MNIST images. At eps 8/255 Fashion-MNIST's
-  classes are too far apart in pixel space for the noise to win (README, "Results"), so
-  this uses eps 0.3, the radius availability attacks use on MNIST-type data. EM
-  sample-wise noise (small-CNN surrogate) costs a small-CNN victim, trained with crop and
-  flip, at least 15 points of clean-test accuracy (21.2 measured); uniform random noise
-  of the same radius costs at most 8 (2.3 measured)."""
-  common = ["--config", EM + ":fashion_mnist_mini", "--config.train_subset=2000", "--config.num_devices=1",
+def test_em_poison_costs_a_victim_40_points_and_random_noise_almost_nothing_on_real_data(tmp_path):
+  """The victim effect on the 10,000 real Fashion-MNIST images of the embedded slice. At
+  eps 8/255 Fashion-MNIST's classes are too far apart in pixel space for the noise to win
+  (README, "How large must eps be"), so this uses eps 0.3, the radius availability attacks
+  use on MNIST-type data. EM sample-wise noise from a small-CNN surrogate, crafted for 8
+  outer iterations with the stop rule off (the surrogate passes 99% after 2; crafting on
+  makes the noise cost more), costs a small-CNN victim (10 epochs, crop and flip) at least
+  40 points of clean-test accuracy: measured 89.60% -> 46.80% (-42.8) here; outside the
+  test session (one device) 89.30% -> 44.80%, and crafting seeds 1 and 2 gave -41.2 and
+  -39.7 (README). Uniform random noise of the same radius costs at most 8 points (3.8
+  measured)."""
+  common = ["--config", EM + ":fashion_mnist_mini", "--config.train_subset=10000", "--config.num_devices=1",
             "--config.progress=False", "--config.model_kwargs.width=16", "--config.eps=0.3",
             "--config.pgd.step_size=0.03", "--config.batch_size=32", "--config.train_steps=5",
-            "--config.pgd.batch_size=250", "--config.pgd.steps=10", "--config.max_iterations=60",
-            "--config.victim.epochs=5", "--config.victim.batch_size=100"]
+            "--config.pgd.batch_size=250", "--config.pgd.steps=10", "--config.stop_error=0",
+            "--config.max_iterations=8", "--config.victim.epochs=10", "--config.victim.batch_size=100"]
   assert cli_main(["poison", *common, "--workdir", str(tmp_path / "em")]) == 0
   assert cli_main(["evaluate", *common, f"--config.poison={tmp_path / 'em'}", "--workdir", str(tmp_path / "em_victim")]) == 0
   em = json.loads((tmp_path / "em_victim" / "results.json").read_text())["test_accuracy"]
@@ -260,6 +264,7 @@ def test_em_poison_costs_a_victim_far_more_than_random_noise_on_real_data(tmp_pa
   assert cli_main(["evaluate", *rand_args, f"--config.poison={tmp_path / 'random'}", "--config.evaluate_clean=False",
                    "--workdir", str(tmp_path / "random_victim")]) == 0
   rand = json.loads((tmp_path / "random_victim" / "results.json").read_text())["test_accuracy"]
-  assert em["clean"] > 0.70, em
-  assert em["clean"] - em["poisoned"] >= 0.15, em
+  print(f"clean {em['clean']:.4f}, EM {em['poisoned']:.4f}, random {rand['poisoned']:.4f}")
+  assert em["clean"] > 0.85, em
+  assert em["clean"] - em["poisoned"] >= 0.40, em
   assert em["clean"] - rand["poisoned"] <= 0.08, (em, rand)
