@@ -256,6 +256,8 @@ def test_em_poison_costs_a_victim_40_points_and_random_noise_almost_nothing_on_r
             "--config.pgd.batch_size=250", "--config.pgd.steps=10", "--config.stop_error=0",
             "--config.max_iterations=8", "--config.victim.epochs=10", "--config.victim.batch_size=100"]
   assert cli_main(["poison", *common, "--workdir", str(tmp_path / "em")]) == 0
+  craft = json.loads((tmp_path / "em" / "results.json").read_text())
+  assert craft["iterations"] == 8 and not craft["stopped_early"], craft  # stop_error=0: never stops early
   assert cli_main(["evaluate", *common, f"--config.poison={tmp_path / 'em'}", "--workdir", str(tmp_path / "em_victim")]) == 0
   em = json.loads((tmp_path / "em_victim" / "results.json").read_text())["test_accuracy"]
 
