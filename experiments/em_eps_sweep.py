@@ -42,7 +42,9 @@ ROWS = {
 }
 
 
-def _args(size, eps, surrogate, augment, mode):
+def row_args(size, eps, surrogate, augment, mode):
+  """The ``jaxprotect poison``/``evaluate`` arguments of a row (later ``--config.*`` flags
+  override these: the test suite's victim-effect test extends row J this way)."""
   variant = "fashion_mnist_mini" + (",classwise" if mode == "class" else "") + (",random" if surrogate == "random" else "")
   args = ["--config", f"{REPO / 'experiments' / 'em.py'}:{variant}",
           f"--config.train_subset={size}", "--config.num_devices=1", "--config.progress=False",
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
   work, rows, names = pathlib.Path(a.workdir), [], a.rows.split(",")
   for name in names:
     size, eps, surrogate, augment, mode = ROWS[name]
-    args, craft, victim = _args(size, eps, surrogate, augment, mode), work / name, work / f"{name}_victim"
+    args, craft, victim = row_args(size, eps, surrogate, augment, mode), work / name, work / f"{name}_victim"
     if cli(["poison", *args, "--workdir", str(craft)]) != 0:
       return 1
     if cli(["evaluate", *args, f"--config.poison={craft}", "--workdir", str(victim)]) != 0:

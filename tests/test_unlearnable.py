@@ -1,6 +1,7 @@
 """Unlearnable examples: PGD bounds, crafting on 8 devices = 1 device, kill-and-resume,
 poison files (checked loading, exports), and the effect of EM noise on real data."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -250,18 +251,21 @@ def test_em_poison_costs_a_victim_40_points_and_random_noise_almost_nothing_on_r
   test session (one device) 89.30% -> 44.80%, and crafting seeds 1 and 2 gave -41.2 and
   -39.7 (README). Uniform random noise of the same radius costs at most 8 points (3.8
   measured)."""
-  common = ["--config", EM + ":fashion_mnist_mini", "--config.train_subset=10000", "--config.num_devices=1",
-            "--config.progress=False", "--config.model_kwargs.width=16", "--config.eps=0.3",
-            "--config.pgd.step_size=0.03", "--config.batch_size=32", "--config.train_steps=5",
-            "--config.pgd.batch_size=250", "--config.pgd.steps=10", "--config.stop_error=0",
-            "--config.max_iterations=8", "--config.victim.epochs=10", "--config.victim.batch_size=100"]
+  spec = importlib.util.spec_from_file_location("em_eps_sweep", REPO / "experiments" / "em_eps_sweep.py")
+  sweep = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(sweep)
+  size, eps, surrogate, augment, mode = sweep.ROWS["J"]  # 10k images, eps 0.3, small-CNN surrogate, crop2,flip
+  longer = ["--config.stop_error=0", "--config.max_iterations=8", "--config.victim.epochs=10"]
+  common = sweep.row_args(size, eps, surrogate, augment, mode) + longer
   assert cli_main(["poison", *common, "--workdir", str(tmp_path / "em")]) == 0
   craft = json.loads((tmp_path / "em" / "results.json").read_text())
   assert craft["iterations"] == 8 and not craft["stopped_early"], craft  # stop_error=0: never stops early
   assert cli_main(["evaluate", *common, f"--config.poison={tmp_path / 'em'}", "--workdir", str(tmp_path / "em_victim")]) == 0
-  em = json.loads((tmp_path / "em_victim" / "results.json").read_text())["test_accuracy"]
+  victim = json.loads((tmp_path / "em_victim" / "results.json").read_text())
+  assert victim["victim"]["epochs"] == 10, victim["victim"]
+  em = victim["test_accuracy"]
 
-  rand_args = [common[0], EM + ":fashion_mnist_mini,random", *common[2:]]
+  rand_args = sweep.row_args(size, eps, "random", augment, mode) + longer
   assert cli_main(["poison", *rand_args, "--workdir", str(tmp_path / "random")]) == 0
   assert cli_main(["evaluate", *rand_args, f"--config.poison={tmp_path / 'random'}", "--config.evaluate_clean=False",
                    "--workdir", str(tmp_path / "random_victim")]) == 0
