@@ -6,8 +6,10 @@
 Reference bi-level loop: 100 outer iterations, each one CE epoch of the surrogate (SGD 0.1,
 weight decay 1e-4, cosine over the run) then 10 sign-PGD steps on every batch descending
 the MI-UE loss (temperature 0.1, self term included), step size 0.2/255 -> 0.4/255,
-eps 8/255; no early stop. Datasets as in experiments/em.py. The CPU variants use 20
-outer iterations.
+eps 8/255; no early stop. As in the reference generation command (--post-aug), the clean
+images under the perturbation are randomly flipped in both phases (the perturbation does
+not move with them), and the perturbation starts at zero. Datasets as in
+experiments/em.py. The CPU variants use 20 outer iterations.
 """
 
 from jaxprotect.unlearnable.crafting import unlearnable_config, with_dataset
@@ -26,4 +28,6 @@ def get_config(arg: str | None = None):
   c.pgd.steps = 10
   c.pgd.step_size = 0.2 / 255
   c.pgd.step_size_end = 0.4 / 255
+  c.clean_augment = "flip"
+  c.delta_init = "zeros"
   return c

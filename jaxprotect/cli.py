@@ -6,7 +6,9 @@ overridden on the command line as in big_vision.
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -28,21 +30,50 @@ it off), so a rerun compiles little.
 """
 
 
+# ``--config.<path>model_kwargs.<key>=<value>``: keyword arguments of a model constructor,
+# which a config cannot list in advance (they depend on the model chosen).
+_MODEL_KWARG = re.compile(r"--config\.((?:\w+\.)*model_kwargs)\.(\w+)=(.*)", re.S)
+
+
 def parse_flags(argv: Sequence[str], define: Callable) -> object:
   """Parses absl-style flags for one command; prints help and exits on --help.
 
   ``ml_collections.config_flags`` finds ``--config.<field>`` overrides in ``sys.argv``,
   so it is set to this command line while parsing (``main`` may be called in-process).
+  ``--config.[victim.]model_kwargs.<key>=<value>`` may name a key the config does not
+  have yet (e.g. ``width`` of a ResNet); its value is a Python literal or a string.
   """
   from absl import flags
 
+  kwargs = [m.groups() for a in argv if (m := _MODEL_KWARG.fullmatch(a))]
+  argv = [a for a in argv if not _MODEL_KWARG.fullmatch(a)]
   fv = flags.FlagValues()
   saved, sys.argv = sys.argv, ["jaxprotect", *argv]
   try:
     define(fv, flags)
-    return _parse_into(fv, argv, flags)
+    fv = _parse_into(fv, argv, flags)
   finally:
     sys.argv = saved
+  if kwargs and getattr(fv, "config", None) is not None:
+    _set_model_kwargs(fv.config, kwargs, argv[0])
+  return fv
+
+
+def _set_model_kwargs(config, kwargs: list[tuple[str, str, str]], command: str) -> None:
+  for path, key, text in kwargs:
+    node = config
+    try:
+      for part in path.split("."):
+        node = node[part]
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = text
+      with config.unlocked():
+        node[key] = value
+    except (KeyError, AttributeError, TypeError) as e:
+      print(f"jaxprotect {command}: cannot set --config.{path}.{key}={text}: {e}", file=sys.stderr)
+      raise SystemExit(2) from e
 
 
 def _parse_into(fv, argv: Sequence[str], flags) -> object:

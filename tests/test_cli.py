@@ -34,6 +34,27 @@ def test_bad_dataset_is_a_clear_error(tmp_path):
   assert "no_such_dataset_xyz" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_model_kwargs_overrides_may_add_keys(capsys):
+  """``--config.[victim.]model_kwargs.<key>=<value>`` reaches the model even where the
+  config has no such key yet; values are Python literals or strings; bad paths are refused."""
+  from jaxprotect.cli import define_config_flags, parse_flags
+
+  em = str(REPO / "experiments" / "em.py")
+  fv = parse_flags(["evaluate", "--config", f"{em}:cifar10", "--config.victim.model_kwargs.width=16",
+                    "--config.model_kwargs.width=8", "--config.victim.model_kwargs.hidden=(16, 8)",
+                    "--config.model_kwargs.act=gelu", "--config.eps=0.1", "--workdir", "w"], define_config_flags)
+  c = fv.config
+  assert c.victim.model_kwargs.to_dict() == {"width": 16, "hidden": (16, 8)}
+  assert c.model_kwargs.to_dict() == {"width": 8, "act": "gelu"}
+  assert c.eps == 0.1 and fv.workdir == "w"
+  with pytest.raises(AttributeError):  # the config is locked again
+    c.no_such_field = 1
+  with pytest.raises(SystemExit) as e:
+    parse_flags(["evaluate", "--config", f"{em}:cifar10", "--config.nothing.model_kwargs.width=3"],
+                define_config_flags)
+  assert e.value.code == 2 and "nothing.model_kwargs" in capsys.readouterr().err
+
+
 def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
   readme = (REPO / "README.md").read_text()
   blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", readme, re.S)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_host
-from jaxprotect import data, parallel
+from jaxprotect import data, models, parallel
 from jaxprotect.cli import main as cli_main
+from jaxprotect.data.augment import AugmentConfig, augment_batch
 from jaxprotect.unlearnable import crafting, pgd, poison_io
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -58,6 +59,49 @@ def test_pass_rows_cover_every_example_once():
 @pytest.fixture(scope="module")
 def host():
   return synthetic_host((8, 8, 1), std=40.0, test_size=16, first_id=100)
+
+
+def test_clean_augment_moves_the_image_under_a_fixed_perturbation(host):
+  """MI-UE's post-augmentation crafting: batches and PGD passes see augment(x) + delta.
+  Checked against the formula built from the public pieces; host and scan passes agree;
+  the stored perturbation stays valid for the unaugmented images."""
+  mesh = parallel.make_mesh(1)
+  ds = data.to_device(host, mesh)
+  flip = AugmentConfig.parse("flip")
+  eps = np.float32(0.2)
+  delta = pgd.init_delta(jax.random.PRNGKey(1), (ds.train.size, *ds.train.image_shape), eps, ds.train.images)
+  split = ds.train.replace(delta=delta, delta_mode="sample", clean_augment=flip)
+  x = ds.train.images.astype(jnp.float32) / 255.0
+  # A batch: the clean images are flipped under the perturbation, then the victim's augmentation (none here).
+  idx = jnp.arange(16)
+  key = jax.random.PRNGKey(2)
+  batch = data.batch_from(split, key, idx, AugmentConfig())
+  x_aug = augment_batch(jax.random.split(key)[1], x[idx], flip)
+  np.testing.assert_array_equal(batch["image"], jnp.clip(x_aug + delta[idx], 0.0, 1.0))
+  flipped = np.asarray(jnp.any(x_aug != x[idx], axis=(1, 2, 3)))
+  assert 0 < flipped.sum() < 16  # some images moved, some did not
+  # The PGD pass, against a loop over its batches written out here.
+  model = models.get("mlp", ds.num_classes, hidden=(16,))
+  variables = models.init_variables(model, jax.random.PRNGKey(3), ds.example)
+  objective = pgd.error_minimizing_objective()
+  alpha, pkey = np.float32(0.05), jax.random.PRNGKey(4)
+  host_pass = pgd.make_samplewise_pass(model, objective, mesh, 16, 3, loop="host")
+  scan_pass = pgd.make_samplewise_pass(model, objective, mesh, 16, 3, loop="scan")
+  got = host_pass(variables, split, eps, alpha, pkey)
+  np.testing.assert_allclose(scan_pass(variables, split, eps, alpha, pkey), got, rtol=0, atol=1e-6)
+  batch_pgd = pgd.make_batch_pgd(model, objective, 3)
+  want = delta
+  for r, pos in enumerate(np.asarray(pgd.pass_rows(ds.train.size, 16)[0])):
+    xb = x[pos]
+    xb_aug = augment_batch(jax.random.fold_in(pkey, r), xb, flip)
+    want = want.at[pos].set(batch_pgd(variables, xb_aug, ds.train.labels[pos], want[pos], eps, alpha, x_also=xb))
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+  plain = host_pass(variables, split.replace(clean_augment=AugmentConfig()), eps, alpha)
+  assert float(jnp.mean(jnp.abs(plain - got) > 1e-3)) > 0.05  # the augmentation changed the noise
+  assert float(jnp.max(jnp.abs(got))) <= eps
+  assert float(jnp.min(x + got)) >= -1e-6 and float(jnp.max(x + got)) <= 1 + 1e-6
+  with pytest.raises(ValueError, match="needs a key"):
+    host_pass(variables, split, eps, alpha)
 
 
 def _tiny_config(method="em", mode="sample"):
@@ -104,6 +148,9 @@ def test_crafting_on_8_devices_equals_1_device(host, tmp_path, method, mode, lay
   c = _tiny_config(method, mode)
   c.pgd.loop = loop
   c.layout = layout
+  if method == "mi_ue":  # the reference's post-augmentation crafting, from a zero perturbation
+    c.clean_augment, c.delta_init = "flip", "zeros"
+    c.pgd.step_size = 2 / 255  # 2 iterations x 2 steps can reach eps from zero
   deltas, results = [], []
   for n in (1, 8):
     mesh = parallel.make_mesh(n)
@@ -132,6 +179,14 @@ def test_bad_crafting_configs_are_refused(host, tmp_path):
   c = _tiny_config("mi_ue", "class")
   with pytest.raises(ValueError, match="sample"):
     crafting.craft(c, tmp_path / "miue", mesh, ds)
+  c = _tiny_config("em", "class")
+  c.clean_augment = "flip"
+  with pytest.raises(ValueError, match="clean_augment needs sample-wise"):
+    crafting.craft(c, tmp_path / "clean_augment", mesh, ds)
+  c = _tiny_config()
+  c.delta_init = "gaussian"
+  with pytest.raises(ValueError, match="unknown delta_init"):
+    crafting.craft(c, tmp_path / "init", mesh, ds)
 
 
 def test_poison_files_are_checked_and_exported(host, tmp_path):

@@ -40,7 +40,6 @@ def run_one(a):
   """One process: XLA_FLAGS are already in the environment."""
   import jax
   import jax.numpy as jnp
-  import numpy as np
   import torch
   import torch.nn.functional as F
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from jaxprotect.bench import common, torch_models
-from jaxprotect.bench.common import E2ESize, Size
+from jaxprotect.bench.common import Size
 
 
 def device() -> torch.device:

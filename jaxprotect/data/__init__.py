@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from jaxprotect.data.augment import AugmentConfig, augment_batch
 from jaxprotect.data.device import DeviceDataset, DeviceSplit, batch_from, describe, split_to_device, to_device
 from jaxprotect.data.sources import ArraySplit, HostDataset, fingerprint, load_arrays

@@ -31,6 +31,9 @@ class DeviceSplit:
   delta: optional float32 perturbation in pixel units: N x H x W x C when
     ``delta_mode == "sample"`` (row i perturbs example i), K x H x W x C when
     ``"class"`` (row k perturbs every example of class k).
+  clean_augment: augmentation of the *clean* image before the perturbation is added
+    (used when ``gather`` is given a key): the perturbation stays where it is while the
+    image under it moves, as in MI-UE's post-augmentation crafting.
   """
 
   images: jax.Array
@@ -38,6 +41,7 @@ class DeviceSplit:
   ids: jax.Array
   delta: jax.Array | None = None
   delta_mode: str = flax.struct.field(pytree_node=False, default="none")
+  clean_augment: AugmentConfig = flax.struct.field(pytree_node=False, default=AugmentConfig())
 
   @property
   def size(self) -> int:
@@ -47,10 +51,13 @@ class DeviceSplit:
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.images.shape[1:])
 
-  def gather(self, idx_B: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Float images in [0, 1] (with the perturbation, clipped) and labels at positions ``idx_B``."""
+  def gather(self, idx_B: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Float images in [0, 1] (with the perturbation, clipped) and labels at positions
+    ``idx_B``; with ``key``, the clean images are first augmented by ``clean_augment``."""
     x = self.images[idx_B].astype(jnp.float32) / 255.0
     y = self.labels[idx_B]
+    if key is not None and self.clean_augment.enabled:
+      x = augment_batch(key, x, self.clean_augment)
     if self.delta_mode == "sample":
       x = jnp.clip(x + self.delta[idx_B], 0.0, 1.0)
     elif self.delta_mode == "class":
@@ -59,8 +66,12 @@ class DeviceSplit:
 
 
 def batch_from(split: DeviceSplit, key: jax.Array, idx_B: jax.Array, augment: AugmentConfig) -> dict[str, jax.Array]:
-  """The batch dict used by training steps: ``image`` (augmented), ``label``, ``id``, ``index``."""
-  x, y = split.gather(idx_B)
+  """The batch dict used by training steps: ``image`` (augmented), ``label``, ``id``, ``index``.
+  A split with ``clean_augment`` augments its clean images with a key split off ``key``."""
+  k_clean = None
+  if split.clean_augment.enabled:
+    key, k_clean = jax.random.split(key)
+  x, y = split.gather(idx_B, k_clean)
   return {"image": augment_batch(key, x, augment), "label": y, "id": split.ids[idx_B], "index": idx_B}
 
 

@@ -33,8 +33,11 @@ from jaxprotect.unlearnable import pgd, poison_io
 
 METHODS = ("em", "mi_ue", "random")  # "random": uniform noise, the papers' control
 MODES = ("sample", "class")
+DELTA_INITS = ("uniform", "zeros")
 # Fields of the unlearnable config that do not change what crafting computes.
 _NOT_CRAFTING = ("victim", "poison", "poison_fraction", "evaluate_clean", "export")
+# Stream of the clean-image augmentation of the PGD passes (fold_in of the seed's key).
+_CLEAN_AUGMENT_STREAM = 0x636C65
 # Fault injection for resume tests: SIGKILL after the iteration that reaches this count.
 _KILL_AT_ITERATION_ENV = "JAXPROTECT_KILL_AT_ITERATION"
 
@@ -49,12 +52,16 @@ def unlearnable_config() -> ml_collections.ConfigDict:
   c = config_lib.train_config()
   c.model = "resnet18"
   c.augment = ""  # the surrogate trains on the perturbed images as they are
+  # Augmentation of the clean images *under* the perturbation, in both phases (sample-wise
+  # only): "flip" is MI-UE's post-augmentation crafting (the reference's --post-aug).
+  c.clean_augment = ""
   c.optimizer.lr = 0.1
   c.optimizer.schedule = "constant"
   c.optimizer.grad_clip = 5.0
   c.method = "em"  # "em", "mi_ue" or "random" (uniform noise in [-eps, eps], no crafting)
   c.mode = "sample"  # "sample" (one delta per example id) or "class" (one per class)
   c.eps = 8 / 255
+  c.delta_init = "uniform"  # "uniform" in [-eps, eps] (EM's reference) or "zeros" (MI-UE's)
   c.pgd = ml_collections.ConfigDict(dict(steps=20, step_size=0.8 / 255, step_size_end=config_dict.placeholder(float),
                                          batch_size=512, loop=""))  # loop: "scan", "host" or "" (host on CPU)
   c.train_steps = 10  # surrogate steps per outer iteration; 0: one epoch
@@ -124,6 +131,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"max_iterations must be >= 1, got {config.max_iterations}")
   if config.mode == "class" and not 0 < config.class_subset <= 1:
     raise ValueError(f"class_subset must be in (0, 1], got {config.class_subset}")
+  if config.delta_init not in DELTA_INITS:
+    raise ValueError(f"unknown delta_init {config.delta_init!r}; use one of {DELTA_INITS}")
+  if AugmentConfig.parse(config.clean_augment).enabled and config.mode != "sample":
+    raise ValueError("clean_augment needs sample-wise perturbations (mode='sample')")
 
 
 def objective_of(config: ml_collections.ConfigDict) -> pgd.Objective:
@@ -173,11 +184,16 @@ def craft(
   # The surrogate's schedule spans all outer iterations (MI-UE: cosine over its epochs).
   optimizer = train.make_optimizer(config.optimizer, train_steps, config.max_iterations)
   k_model, k_delta, k_subset = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  if config.mode == "sample":
-    init = jax.jit(pgd.init_delta, static_argnums=(1, 2), out_shardings=ds.train.images.sharding)
-    delta = init(k_delta, (n, *ds.train.image_shape), config.eps, ds.train.images)
+  k_clean_aug = jax.random.fold_in(jax.random.PRNGKey(config.seed), _CLEAN_AUGMENT_STREAM)
+  shape = (n if config.mode == "sample" else k, *ds.train.image_shape)
+  sharding = ds.train.images.sharding if config.mode == "sample" else parallel.replicated(mesh)
+  if config.delta_init == "zeros" and config.method != "random":  # the control is always uniform noise
+    delta = jax.device_put(jnp.zeros(shape, jnp.float32), sharding)
+  elif config.mode == "sample":
+    init = jax.jit(pgd.init_delta, static_argnums=(1, 2), out_shardings=sharding)
+    delta = init(k_delta, shape, config.eps, ds.train.images)
   else:
-    delta = jax.device_put(pgd.init_delta(k_delta, (k, *ds.train.image_shape), config.eps), parallel.replicated(mesh))
+    delta = jax.device_put(pgd.init_delta(k_delta, shape, config.eps), sharding)
   chash = crafting_hash(config)
   if main:
     config_lib.write_json_atomic(workdir / "config.json", {"config": config.to_dict(), "config_hash": chash,
@@ -205,6 +221,7 @@ def craft(
                                  AugmentConfig.parse(config.augment), loop=config.loop or None)
   eval_fn = train.make_eval_fn(model, mesh, config.eval_batch_size, k)
   objective = objective_of(config)
+  clean_augment = AugmentConfig.parse(config.clean_augment)
   if config.mode == "sample":
     perturb = pgd.make_samplewise_pass(model, objective, mesh, config.pgd.batch_size, config.pgd.steps,
                                        loop=config.pgd.loop or None)
@@ -212,7 +229,7 @@ def craft(
     positions = classwise_positions(k_subset, n, config.class_subset, config.pgd.batch_size)
     class_pass = pgd.make_classwise_pass(model, objective, mesh, config.pgd.batch_size, config.pgd.steps, k,
                                          loop=config.pgd.loop or None)
-    perturb = lambda variables, split, eps, alpha: class_pass(variables, split, positions, eps, alpha)  # noqa: E731
+    perturb = lambda variables, split, eps, alpha, key: class_pass(variables, split, positions, eps, alpha)  # noqa: E731
   every = max(1, config.checkpoint.get("every_iterations", 1))
   kill_at = int(os.environ.get(_KILL_AT_ITERATION_ENV, "0"))
 
@@ -221,7 +238,7 @@ def craft(
              dynamic_ncols=True, desc=f"{config.method}-{config.mode}")
   record: dict[str, Any] = {}
   while not done and iteration < config.max_iterations:
-    split = ds.train.replace(delta=delta, delta_mode=config.mode)
+    split = ds.train.replace(delta=delta, delta_mode=config.mode, clean_augment=clean_augment)
     # Surrogate phase: train_steps steps continuing the epoch (chunks never cross an epoch).
     remaining, ms = train_steps, []
     while remaining:
@@ -231,7 +248,8 @@ def craft(
       remaining -= m
     # Perturbation phase.
     alpha = step_size(config, iteration)
-    delta = perturb(train.variables_of(surrogate), split, jnp.float32(config.eps), jnp.float32(alpha))
+    delta = perturb(train.variables_of(surrogate), split, jnp.float32(config.eps), jnp.float32(alpha),
+                    jax.random.fold_in(k_clean_aug, iteration))
     iteration += 1
     acc = float(eval_fn(surrogate, ds.train.replace(delta=delta, delta_mode=config.mode))["accuracy"])
     done = bool(config.stop_error) and (1.0 - acc) < config.stop_error

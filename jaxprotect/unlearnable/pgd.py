@@ -16,6 +16,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxprotect import losses, parallel, train
+from jaxprotect.data.augment import augment_batch
 from jaxprotect.data.device import DeviceSplit
 
 # objective(outputs, batch) -> scalar to *descend*; outputs = (logits_BxK, feats_BxD),
@@ -60,16 +61,23 @@ def default_unroll() -> bool:
 
 
 def make_batch_pgd(model: nn.Module, objective: Objective, num_steps: int, unroll: bool | None = None) -> Callable:
-  """``pgd(variables, x_B, y_B, delta_B, eps, alpha) -> delta_B``: ``num_steps`` sign steps
-  descending ``objective`` with the model in eval mode (BatchNorm running statistics).
-  ``unroll`` (default ``default_unroll()``) writes the steps out instead of a ``fori_loop``."""
+  """``pgd(variables, x_B, y_B, delta_B, eps, alpha, x_also=None) -> delta_B``: ``num_steps``
+  sign steps descending ``objective`` with the model in eval mode (BatchNorm running
+  statistics). ``x_also`` (optional): other images the perturbation must stay valid for
+  (``x_also + delta`` in [0, 1] too), e.g. the unaugmented images when ``x`` is an
+  augmented view of them. ``unroll`` (default ``default_unroll()``) writes the steps out
+  instead of a ``fori_loop``."""
   unroll = default_unroll() if unroll is None else unroll
 
   def grad_fn(variables, x, y, d):
     return jax.grad(lambda d: objective(model.apply(variables, x + d, train=False), {"image": x + d, "label": y}))(d)
 
-  def pgd(variables, x, y, d, eps, alpha):
-    body = lambda _, d: sign_descent(d, grad_fn(variables, x, y, d), x, eps, alpha)  # noqa: E731
+  def pgd(variables, x, y, d, eps, alpha, x_also=None):
+    def body(_, d):
+      d = sign_descent(d, grad_fn(variables, x, y, d), x, eps, alpha)
+      # Both boxes contain 0, so clipping to one and then the other is clipping to their intersection.
+      return d if x_also is None else project(d, x_also, eps)
+
     return jax.lax.fori_loop(0, num_steps, body, d, unroll=bool(unroll))
 
   return pgd
@@ -91,8 +99,13 @@ def pass_rows(num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]
 
 def make_samplewise_pass(model: nn.Module, objective: Objective, mesh: Mesh, batch_size: int, num_steps: int,
                          loop: str | None = None, unroll: bool | None = None) -> Callable:
-  """``run(variables, split, eps, alpha) -> delta_NxHxWxC``: ``num_steps`` PGD steps on every
-  batch of the training set (in order), starting from ``split.delta``.
+  """``run(variables, split, eps, alpha, key=None) -> delta_NxHxWxC``: ``num_steps`` PGD
+  steps on every batch of the training set (in order), starting from ``split.delta``.
+
+  A split with ``clean_augment`` (MI-UE's post-augmentation crafting) descends the
+  objective on augmented clean images plus the unmoved perturbation; batch ``r`` draws its
+  augmentation from ``fold_in(key, r)``, and the perturbation stays valid for the
+  unaugmented images as well.
 
   ``loop="scan"``: the whole pass is one jitted program; ``"host"``: one jitted call per
   batch, dispatched from Python (the data never leaves the device either way). Default:
@@ -105,47 +118,56 @@ def make_samplewise_pass(model: nn.Module, objective: Objective, mesh: Mesh, bat
   pgd = make_batch_pgd(model, objective, num_steps, unroll)
   rows = NamedSharding(mesh, P(parallel.DATA_AXIS))
 
-  def update(variables, split: DeviceSplit, delta, pos_B, mask_B, eps, alpha):
+  def update(variables, split: DeviceSplit, delta, pos_B, mask_B, row, key, eps, alpha):
     pos_B = jax.lax.with_sharding_constraint(pos_B, rows)
     x = split.images[pos_B].astype(jnp.float32) / 255.0
     d = delta[pos_B]
-    new = pgd(variables, x, split.labels[pos_B], d, eps, alpha)
+    if split.clean_augment.enabled:
+      x_aug = augment_batch(jax.random.fold_in(key, row), x, split.clean_augment)
+      new = pgd(variables, x_aug, split.labels[pos_B], d, eps, alpha, x_also=x)
+    else:
+      new = pgd(variables, x, split.labels[pos_B], d, eps, alpha)
     new = jnp.where(mask_B[:, None, None, None], new, d)
     return delta.at[pos_B].set(new)
 
-  def check(split):
+  def check(split, key):
     if split.delta_mode != "sample":
       raise ValueError("the sample-wise pass needs a split with a sample-wise perturbation")
     if split.size < batch_size:
       raise ValueError(f"PGD batch_size={batch_size} exceeds the {split.size} training examples")
-    return pass_rows(split.size, batch_size)
+    if key is None:
+      if split.clean_augment.enabled:
+        raise ValueError("a split with clean_augment needs a key for the sample-wise pass")
+      key = jax.random.PRNGKey(0)  # unused
+    return (*pass_rows(split.size, batch_size), key)
 
   if loop == "scan":
 
     @jax.jit
-    def run_jit(variables, split, pos, mask, eps, alpha):
-      def body(delta, pm):
-        return update(variables, split, delta, pm[0], pm[1], eps, alpha), None
+    def run_jit(variables, split, pos, mask, key, eps, alpha):
+      def body(delta, pmr):
+        return update(variables, split, delta, *pmr, key, eps, alpha), None
 
-      return jax.lax.scan(body, split.delta, (pos, mask))[0]
+      return jax.lax.scan(body, split.delta, (pos, mask, jnp.arange(pos.shape[0], dtype=jnp.int32)))[0]
 
-    def run(variables, split, eps, alpha):
-      pos, mask = check(split)
-      return run_jit(variables, split, pos, mask, eps, alpha)
+    def run(variables, split, eps, alpha, key=None):
+      pos, mask, key = check(split, key)
+      return run_jit(variables, split, pos, mask, key, eps, alpha)
 
     run.jitted = run_jit
     return run
   if loop != "host":
     raise ValueError(f"loop must be 'scan' or 'host', got {loop!r}")
   # Row i is selected inside jit (a traced index): one program for every row.
-  update_jit = jax.jit(lambda v, s, d, pos, mask, i, eps, alpha: update(v, s, d, pos[i], mask[i], eps, alpha),
+  update_jit = jax.jit(lambda v, s, d, pos, mask, i, key, eps, alpha: update(v, s, d, pos[i], mask[i], i, key, eps,
+                                                                               alpha),
                        donate_argnums=(2,))
 
-  def run_host(variables, split, eps, alpha):
-    pos, mask = check(split)
+  def run_host(variables, split, eps, alpha, key=None):
+    pos, mask, key = check(split, key)
     delta = jnp.copy(split.delta)
     for i in range(pos.shape[0]):
-      delta = update_jit(variables, split, delta, pos, mask, jnp.int32(i), eps, alpha)
+      delta = update_jit(variables, split, delta, pos, mask, jnp.int32(i), key, eps, alpha)
     return delta
 
   run_host.jitted = update_jit
