@@ -45,8 +45,9 @@ def parse_flags(argv: Sequence[str], define: Callable) -> object:
   """
   from absl import flags
 
-  kwargs = [m.groups() for a in argv if (m := _MODEL_KWARG.fullmatch(a))]
-  argv = [a for a in argv if not _MODEL_KWARG.fullmatch(a)]
+  matches = [_MODEL_KWARG.fullmatch(a) for a in argv]
+  kwargs = [m.groups() for m in matches if m]
+  argv = [a for a, m in zip(argv, matches) if not m]
   fv = flags.FlagValues()
   saved, sys.argv = sys.argv, ["jaxprotect", *argv]
   try:

@@ -122,11 +122,10 @@ def make_samplewise_pass(model: nn.Module, objective: Objective, mesh: Mesh, bat
     pos_B = jax.lax.with_sharding_constraint(pos_B, rows)
     x = split.images[pos_B].astype(jnp.float32) / 255.0
     d = delta[pos_B]
-    if split.clean_augment.enabled:
-      x_aug = augment_batch(jax.random.fold_in(key, row), x, split.clean_augment)
-      new = pgd(variables, x_aug, split.labels[pos_B], d, eps, alpha, x_also=x)
-    else:
-      new = pgd(variables, x, split.labels[pos_B], d, eps, alpha)
+    x_seen, x_also = x, None
+    if split.clean_augment.enabled:  # the model sees the augmented view; delta stays valid for both
+      x_seen, x_also = augment_batch(jax.random.fold_in(key, row), x, split.clean_augment), x
+    new = pgd(variables, x_seen, split.labels[pos_B], d, eps, alpha, x_also=x_also)
     new = jnp.where(mask_B[:, None, None, None], new, d)
     return delta.at[pos_B].set(new)
 
@@ -135,11 +134,9 @@ def make_samplewise_pass(model: nn.Module, objective: Objective, mesh: Mesh, bat
       raise ValueError("the sample-wise pass needs a split with a sample-wise perturbation")
     if split.size < batch_size:
       raise ValueError(f"PGD batch_size={batch_size} exceeds the {split.size} training examples")
-    if key is None:
-      if split.clean_augment.enabled:
-        raise ValueError("a split with clean_augment needs a key for the sample-wise pass")
-      key = jax.random.PRNGKey(0)  # unused
-    return (*pass_rows(split.size, batch_size), key)
+    if key is None and split.clean_augment.enabled:
+      raise ValueError("a split with clean_augment needs a key for the sample-wise pass")
+    return pass_rows(split.size, batch_size)
 
   if loop == "scan":
 
@@ -151,7 +148,7 @@ def make_samplewise_pass(model: nn.Module, objective: Objective, mesh: Mesh, bat
       return jax.lax.scan(body, split.delta, (pos, mask, jnp.arange(pos.shape[0], dtype=jnp.int32)))[0]
 
     def run(variables, split, eps, alpha, key=None):
-      pos, mask, key = check(split, key)
+      pos, mask = check(split, key)
       return run_jit(variables, split, pos, mask, key, eps, alpha)
 
     run.jitted = run_jit
@@ -164,7 +161,7 @@ def make_samplewise_pass(model: nn.Module, objective: Objective, mesh: Mesh, bat
                        donate_argnums=(2,))
 
   def run_host(variables, split, eps, alpha, key=None):
-    pos, mask, key = check(split, key)
+    pos, mask = check(split, key)
     delta = jnp.copy(split.delta)
     for i in range(pos.shape[0]):
       delta = update_jit(variables, split, delta, pos, mask, jnp.int32(i), key, eps, alpha)
