@@ -293,6 +293,19 @@ def test_em_noise_is_error_minimizing_on_real_data_and_victims_are_evaluated(tmp
   assert len(res["curves"]["poisoned"]) == 3 and res["test_accuracy"]["clean"] > 0.4
   assert (tmp_path / "eval" / "curves.png").exists() and "Drop caused" in (tmp_path / "eval" / "report.md").read_text()
 
+  # A second evaluation under the same victim recipe restores the finished clean victim
+  # through clean_workdir instead of training it again; another recipe is refused up front.
+  clean_dir = tmp_path / "eval" / "clean"
+  clean_log = (clean_dir / "metrics.jsonl").read_text()
+  share = [f"--config.poison={tmp_path / 'craft'}", f"--config.clean_workdir={clean_dir}"]
+  assert cli_main(["evaluate", *common, *share, "--config.poison_fraction=0.5", "--workdir", str(tmp_path / "half")]) == 0
+  half = json.loads((tmp_path / "half" / "results.json").read_text())
+  assert half["test_accuracy"]["clean"] == res["test_accuracy"]["clean"] and half["poison_fraction"] == 0.5
+  assert half["runs"]["clean"] == str(clean_dir) and not (tmp_path / "half" / "clean").exists()
+  assert (clean_dir / "metrics.jsonl").read_text() == clean_log and len(half["curves"]["clean"]) == 3
+  assert cli_main(["evaluate", *common, *share, "--config.victim.epochs=2", "--workdir", str(tmp_path / "other")]) == 1
+  assert not (tmp_path / "other" / "poisoned").exists()
+
 
 @pytest.mark.slow
 def test_em_poison_costs_a_victim_40_points_and_random_noise_almost_nothing_on_real_data(tmp_path):

@@ -35,7 +35,7 @@ METHODS = ("em", "mi_ue", "random")  # "random": uniform noise, the papers' cont
 MODES = ("sample", "class")
 DELTA_INITS = ("uniform", "zeros")
 # Fields of the unlearnable config that do not change what crafting computes.
-_NOT_CRAFTING = ("victim", "poison", "poison_fraction", "evaluate_clean", "export")
+_NOT_CRAFTING = ("victim", "poison", "poison_fraction", "evaluate_clean", "clean_workdir", "export")
 # Stream of the clean-image augmentation of the PGD passes (fold_in of the seed's key).
 _CLEAN_AUGMENT_STREAM = 0x636C65
 # Fault injection for resume tests: SIGKILL after the iteration that reaches this count.
@@ -74,6 +74,9 @@ def unlearnable_config() -> ml_collections.ConfigDict:
   c.poison = config_dict.placeholder(str)  # a poison directory (a craft workdir or its poison/ subdirectory)
   c.poison_fraction = 1.0  # fraction of the training set that carries its perturbation
   c.evaluate_clean = True  # also train the same victim on clean data
+  # Where that clean victim trains; "" means <workdir>/clean. Point several evaluations with
+  # the same victim recipe and dataset at one directory to train the clean victim once.
+  c.clean_workdir = ""
   c.victim = config_lib.train_config()
   c.victim.model = "resnet18"
   c.victim.epochs = 60

@@ -1,9 +1,12 @@
 """Victim evaluation: train a fresh model on the poisoned training set (and, beside it,
 on clean data with the same recipe) and report clean-test accuracy.
 
-``workdir/poisoned`` and ``workdir/clean`` are ordinary resumable training runs
-(``runner.fit``); ``workdir/results.json`` and ``workdir/report.md`` compare them, and
-``workdir/curves.png`` plots both training curves.
+``workdir/poisoned`` and ``workdir/clean`` (or ``config.clean_workdir``) are ordinary
+resumable training runs (``runner.fit``); ``workdir/results.json`` and
+``workdir/report.md`` compare them, and ``workdir/curves.png`` plots both training
+curves. A clean victim that has finished is restored, not trained again, so evaluations
+of several poisons under one victim recipe can share it through ``clean_workdir``; its
+config hash and dataset fingerprint must match, or the run is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +30,17 @@ def victim_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   for f in _DATASET_FIELDS:
     v[f] = config[f]
   return v
+
+
+def _check_reusable(run_dir: pathlib.Path, vcfg: ml_collections.ConfigDict) -> None:
+  """Refuses, before any training, a clean-victim directory written under another recipe."""
+  path = run_dir / "config.json"
+  if path.exists():
+    recorded = json.loads(path.read_text()).get("config_hash")
+    if recorded != config_lib.config_hash(vcfg):
+      raise ValueError(f"clean victim directory {run_dir} holds a run of another victim recipe or dataset "
+                       f"(config hash {recorded}, this evaluation's is {config_lib.config_hash(vcfg)}); "
+                       "point --config.clean_workdir elsewhere")
 
 
 def _curve(workdir: pathlib.Path) -> list[dict[str, Any]]:
@@ -68,16 +82,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh
   clean = runner.load_dataset(vcfg, mesh)
   poison = poison_io.load_poison(config.poison)
   poisoned = poison_io.apply(clean, poison, config.poison_fraction, seed=config.seed)  # checks the dataset
-  runs = {"poisoned": runner.fit(vcfg, workdir / "poisoned", mesh, dataset=poisoned)}
+  dirs = {"poisoned": workdir / "poisoned"}
   if config.evaluate_clean:
-    runs["clean"] = runner.fit(vcfg, workdir / "clean", mesh, dataset=clean)
-  curves = {name: _curve(workdir / name) for name in runs}
+    dirs["clean"] = pathlib.Path(config.get("clean_workdir") or workdir / "clean")
+    _check_reusable(dirs["clean"], vcfg)
+  runs = {name: runner.fit(vcfg, d, mesh, dataset=poisoned if name == "poisoned" else clean)
+          for name, d in dirs.items()}
+  curves = {name: _curve(d) for name, d in dirs.items()}
   results: dict[str, Any] = {
       "poison": str(poison_io.resolve(config.poison)),
       "method": poison.manifest.get("method"),
       "mode": poison.mode,
       "eps": poison.manifest.get("eps"),
       "poison_fraction": config.poison_fraction,
+      "runs": {name: str(d) for name, d in dirs.items()},
       "victim": {"model": vcfg.model, "epochs": vcfg.epochs, "augment": vcfg.augment},
       "test_accuracy": {name: r["test_accuracy"] for name, r in runs.items()},
       "class_accuracy": {name: r["class_accuracy"] for name, r in runs.items()},
