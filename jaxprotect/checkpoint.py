@@ -43,18 +43,23 @@ class Checkpointer:
       raise ValueError(f"no checkpoint in {self.directory}")
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-  def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Restores the state at ``step`` (default: latest) with the structure, dtypes and
-    shardings of ``like``; raises ValueError if it was written under another config."""
+  def check_config(self, step: int | None = None) -> dict[str, Any]:
+    """The record of ``step`` (default: latest); raises ValueError if it was written under
+    another config."""
     step = self.latest_step() if step is None else step
-    if step is None:
-      raise ValueError(f"no checkpoint in {self.directory}")
     meta = self.read_meta(step)
     if meta.get("config_hash") != self.config_hash:
       raise ValueError(
           f"checkpoint {self.directory} step {step} was written with config hash {meta.get('config_hash')}, "
           f"but this run's config hashes to {self.config_hash}; use a new --workdir or the original config"
       )
+    return meta
+
+  def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """Restores the state at ``step`` (default: latest) with the structure, dtypes and
+    shardings of ``like``; raises ValueError if it was written under another config."""
+    step = self.latest_step() if step is None else step
+    meta = self.check_config(step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     return restored["state"], meta

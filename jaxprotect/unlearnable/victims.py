@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxprotect import config as config_lib, parallel, runner
+from jaxprotect import checkpoint, config as config_lib, parallel, runner
 from jaxprotect.unlearnable import poison_io
 
 _DATASET_FIELDS = ("dataset", "data_dir", "layout", "train_subset", "num_devices", "progress", "tensorboard")
@@ -33,14 +33,17 @@ def victim_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
 
 def _check_reusable(run_dir: pathlib.Path, vcfg: ml_collections.ConfigDict) -> None:
-  """Refuses, before any training, a clean-victim directory written under another recipe."""
-  path = run_dir / "config.json"
-  if path.exists():
-    recorded = json.loads(path.read_text()).get("config_hash")
-    if recorded != config_lib.config_hash(vcfg):
-      raise ValueError(f"clean victim directory {run_dir} holds a run of another victim recipe or dataset "
-                       f"(config hash {recorded}, this evaluation's is {config_lib.config_hash(vcfg)}); "
-                       "point --config.clean_workdir elsewhere")
+  """Refuses, before any training, a clean-victim directory checkpointed under another recipe."""
+  if not (run_dir / "checkpoints").is_dir():
+    return
+  ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", config_lib.config_hash(vcfg), async_save=False)
+  try:
+    if ckpt.latest_step() is not None:
+      ckpt.check_config()
+  except ValueError as e:
+    raise ValueError(f"clean victim directory {run_dir}: {e} (or point --config.clean_workdir elsewhere)") from e
+  finally:
+    ckpt.close()
 
 
 def _curve(workdir: pathlib.Path) -> list[dict[str, Any]]:
