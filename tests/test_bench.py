@@ -11,7 +11,7 @@ import jax
 import pytest
 
 from jaxprotect import models
-from jaxprotect.bench import cli, common, jax_impl, report, suite
+from jaxprotect.bench import cli, common, flops, jax_impl, report, suite
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
@@ -39,7 +39,7 @@ def test_bench_command_tiny_end_to_end(tmp_path):
   out_json = tmp_path / "results.json"
   impls = "jax,torch_eager,torch_tuned" if HAVE_TORCH else "jax"
   cmd = [sys.executable, "-m", "jaxprotect.bench", "--tiny", "--impl", impls, "--out-json", str(out_json),
-         "--out-md", str(md), "--profile", str(tmp_path / "profiles")]
+         "--out-md", str(md), "--profile", str(tmp_path / "profiles"), "--peak-tflops", "0.001"]
   proc = subprocess.run(cmd, cwd=REPO, env=_single_device_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "| workload | unit |" in proc.stdout
@@ -75,6 +75,15 @@ def test_bench_command_tiny_end_to_end(tmp_path):
     assert shares and all(o["ms"] > 0 and o["count"] > 0 for o in d["top_ops"]), d["top_ops"]
     assert shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-6
   assert "profile_dir" not in by[("e2e_em", "jax")]["details"]
+  tiny = common.SIZES["tiny"]
+  forward = flops.forward_flops(models.get(tiny.model, 10, width=tiny.width), common.IMAGE_SHAPE_HWC)
+  for w, passes in flops.FORWARD_PASSES.items():  # MFU against the given 1 GFLOP/s peak
+    for r in rows:
+      if r["workload"] == w and r["value"] is not None:
+        d = r["details"]
+        assert d["model_flops_per_unit"] == passes * forward, (w, d)
+        assert d["mfu"] == pytest.approx(r["value"] * passes * forward / 1e9, rel=1e-5), (w, d)  # JSON keeps 6 decimals
+  assert "mfu" not in by[("e2e_em", "jax")]["details"] and meta["peak_flops_override"] == 1e9
   if not HAVE_TORCH:
     assert any("PyTorch rows" in s for s in meta["skipped"])
 
@@ -89,6 +98,46 @@ def test_bench_command_tiny_end_to_end(tmp_path):
   assert meta["date"] in section and f"jax {jax.__version__}" in section
   if HAVE_TORCH:
     assert "| jaxprotect / eager | jaxprotect / tuned |" in section
+  mfu = by[("train_step", "jax")]["details"]["mfu"]
+  assert f"({100 * mfu:.1f}% MFU)" in section and "- train_step: MFU counts 3 x " in section
+
+
+def _resnet18_cifar_macs(width: int) -> int:
+  """Multiply-adds of the CIFAR ResNet-18 on one 32x32x3 image, layer by layer."""
+  hw = 32 * 32
+  macs = hw * width * 3 * 9 + 4 * hw * width * width * 9  # stem, stage 1 (4 convs)
+  for i in (1, 2, 3):  # stages 2-4: strided 3x3, three 3x3, 1x1 strided shortcut
+    c_in, c, s = width * 2 ** (i - 1), width * 2**i, hw // 4**i
+    macs += s * c * c_in * 9 + 3 * s * c * c * 9 + s * c * c_in
+  return macs + 8 * width * 10  # linear head
+
+
+def test_model_flops_match_the_resnet18_formula_and_count_loops():
+  assert _resnet18_cifar_macs(64) == 555_422_720  # the CIFAR ResNet-18's familiar 0.56 GMACs
+  for width in (64, 16):
+    model = models.get("resnet18", 10, width=width)
+    assert flops.forward_flops(model, (32, 32, 3)) == 2 * _resnet18_cifar_macs(width)
+
+  def f(x, w):  # five products in a scan, then a cond whose dearer branch has one more
+    y, _ = jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=5)
+    return jax.lax.cond(y.sum() > 0, lambda: y @ w, lambda: y)
+
+  x, w = jax.ShapeDtypeStruct((4, 8), "float32"), jax.ShapeDtypeStruct((8, 8), "float32")
+  assert flops.function_flops(f, x, w) == 6 * 2 * 4 * 8 * 8
+  with pytest.raises(ValueError, match="while loop"):
+    flops.function_flops(lambda x, w: jax.lax.while_loop(lambda c: c.sum() < 1, lambda c: c @ w, x), x, w)
+
+
+def test_mfu_uses_the_bf16_dense_peak_of_the_device():
+  assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989.4e12
+  assert flops.peak_flops("NVIDIA H100 PCIe") == 756e12
+  assert flops.peak_flops("NVIDIA H200") == 989.4e12
+  assert flops.peak_flops("TPU v5 lite") == 197e12
+  assert flops.peak_flops("cpu (AMD EPYC, 2 cores)") is None
+  assert flops.mfu(10_000.0, 3 * 1.11e9, 989.4e12) == pytest.approx(3.33e13 / 989.4e12)
+  assert flops.mfu(10_000.0, 1e9, 1e12, num_devices=4) == pytest.approx(1e13 / 4e12)
+  with pytest.raises(ValueError):
+    flops.mfu(1.0, 1.0, 0.0)
 
 
 def test_train_step_does_not_recompile():

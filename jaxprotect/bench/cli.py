@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--profile", metavar="DIR",
                  help="keep a jax.profiler trace of one extra repeat of each jaxprotect step workload under DIR "
                       "and list its most expensive XLA operations")
+  p.add_argument("--peak-tflops", type=float,
+                 help="bf16 dense peak per device in TFLOP/s, for the model-FLOPs utilisation (default: looked up "
+                      "by device name; unknown devices, CPUs among them, get no MFU)")
   p.add_argument("--out-json", default="experiments/bench/results.json")
   p.add_argument("--out-md", default="BENCHMARKS.md")
   p.set_defaults(size="full")
@@ -108,8 +111,11 @@ def build_options(a: argparse.Namespace) -> suite.Options:
   for i in impls:
     if i not in suite.IMPLS:
       raise SystemExit(f"unknown implementation {i!r}; choose from {', '.join(suite.IMPLS)}")
+  if a.peak_tflops is not None and not a.peak_tflops > 0:
+    raise SystemExit(f"--peak-tflops must be positive, got {a.peak_tflops}")
   return suite.Options(size=size, workloads=workloads, impls=impls,
-                       torch_compile=a.torch_compile or DEFAULT_COMPILE[size.name], profile_dir=a.profile)
+                       torch_compile=a.torch_compile or DEFAULT_COMPILE[size.name], profile_dir=a.profile,
+                       peak_flops=None if a.peak_tflops is None else a.peak_tflops * 1e12)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
       "workloads": list(opts.workloads),
       "implementations": list(opts.impls),
       "torch_compile": opts.torch_compile,
+      "peak_flops_override": opts.peak_flops,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       # A persistent compilation cache would hide compile time from e2e_em; the bench
       # does not turn one on, but JAX_COMPILATION_CACHE_DIR would.

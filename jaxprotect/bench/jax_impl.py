@@ -44,7 +44,7 @@ def _count_compiles() -> None:
   _compiles["listening"] = True
 
 
-def _model(name: str, width: int | None, dtype: str):
+def build_model(name: str, width: int | None, dtype: str):
   return models.get(name, common.NUM_CLASSES, dtype=dtype, **({} if width is None else {"width": width}))
 
 
@@ -95,7 +95,7 @@ class TrainStepRunner:
     s = self.size
     self.mesh = parallel.make_mesh()
     self.ds = _device_dataset(s.batch * s.steps, self.mesh)
-    model = _model(s.model, s.width, self.dtype)
+    model = build_model(s.model, s.width, self.dtype)
     tx = _sgd(s.steps)
     extra, loss_fn = None, train.ce_loss()
     if self.loss == "cmim":
@@ -140,7 +140,7 @@ class PGDPassRunner:
     s = self.size
     mesh = parallel.make_mesh()
     ds = _device_dataset(s.pgd_examples, mesh)
-    model = _model(s.model, s.width, self.dtype)
+    model = build_model(s.model, s.width, self.dtype)
     self.variables = models.init_variables(model, jax.random.PRNGKey(0), ds.example)
     if self.objective == "em":
       objective, alpha = pgd.error_minimizing_objective(), common.EM_STEP_SIZE

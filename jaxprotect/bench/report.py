@@ -51,6 +51,11 @@ def _workload_cell(workload: str, rows: list[dict[str, Any]]) -> str:
   return ", ".join(str(p) for p in parts)
 
 
+def _value_cell(row: dict[str, Any], unit: str) -> str:
+  mfu = row["details"].get("mfu")
+  return fmt(row["value"], unit) + ("" if mfu is None else f" ({100 * mfu:.1f}% MFU)")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
   """One Markdown row per workload: values per implementation and jaxprotect's speed
   ratios over PyTorch eager and tuned."""
@@ -68,7 +73,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     unit = wrows[0]["unit"]
     by = {r["implementation"]: r for r in wrows}
     cells = [_workload_cell(workload, wrows), unit if unit != "x" else "CMIM / CE time"]
-    cells += [fmt(by[i]["value"], unit) if i in by else "" for i in impls]
+    cells += [_value_cell(by[i], unit) if i in by else "" for i in impls]
     for j in jax_impls:
       for r in refs:
         ratio = ((by.get(j) or {}).get("ratio_vs") or {}).get(r)
@@ -87,6 +92,7 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
     for m in sorted(ms):
       if not m.startswith("n/a"):
         out.append(f"{LABELS[impl]}: {m}.")
+  mfu_noted: set[str] = set()
   for r in rows:
     d, who = r["details"], f"{r['workload']} / {LABELS[r['implementation']]}"
     if r["value"] is None:
@@ -101,6 +107,12 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
                  + ".")
     if r["workload"] == "cmim_step":
       out.append(f"{who}: CE step {d.get('ce_ms', 0):.1f} ms, CMIM step {d.get('cmim_ms', 0):.1f} ms.")
+    if "mfu" in d and r["workload"] not in mfu_noted:
+      mfu_noted.add(r["workload"])
+      per = "image" if r["unit"] == "images/s" else "image-step"
+      out.append(f"{r['workload']}: MFU counts {d['forward_passes']} x {d['forward_flops'] / 1e9:.4g} GFLOP "
+                 f"(the forward pass) per {per} against a bf16 dense peak of {d['peak_flops'] / 1e12:.4g} TFLOP/s "
+                 "per device.")
     if d.get("top_ops"):
       ops = ", ".join(f"`{o['op']}` {100 * o['share']:.0f}%" for o in d["top_ops"][:6])
       out.append(f"{who}: time by kind of XLA operation in one profiled repeat ({d['profile_dir']}): {ops}.")
@@ -134,7 +146,10 @@ def markdown_section(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             "throughput, or PyTorch's wall time over jaxprotect's for `e2e_em`. `cmim_step` is itself a "
             "ratio (the cost of CMIM over CE within one implementation), so it has no cross ratio. "
             "Each value is the median of the timed repeats, which are interleaved across implementations; "
-            "compile and warm-up are excluded except in `e2e_em` (wall time of the whole pipeline).", ""]
+            "compile and warm-up are excluded except in `e2e_em` (wall time of the whole pipeline)."
+            + (" MFU: model FLOPs (convolutions and matrix products at full kernel size, 3 forward passes per "
+               "training image, 2 per PGD image-step) per second over the device's bf16 dense peak."
+               if any("mfu" in r["details"] for r in rows) else ""), ""]
   lines += [f"- {n}" for n in notes(rows)]
   if meta.get("skipped"):
     lines += [f"- Skipped: {s}" for s in meta["skipped"]]

@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from jaxprotect.bench import common, jax_impl, profile
+from jaxprotect.bench import common, flops, jax_impl, profile
 from jaxprotect.bench.common import Size
 
 # workload -> (unit, higher is better, description)
@@ -43,6 +43,8 @@ class Options:
   ``torch_compile``: ``"all"``, ``"none"`` or a comma-separated list of workloads whose
   tuned PyTorch runner compiles its model. ``profile_dir``: where the jaxprotect rows of
   the step workloads keep a profile of one extra, untimed repeat (None: no profiles).
+  ``peak_flops``: the bf16 dense peak FLOP/s per device for the model-FLOPs utilisation
+  (None: looked up by device name; devices not in ``flops.BF16_PEAK_FLOPS`` get none).
   """
 
   size: Size
@@ -50,6 +52,7 @@ class Options:
   impls: tuple[str, ...] = ("jax", "torch_eager", "torch_tuned")
   torch_compile: str = "all"
   profile_dir: str | None = None
+  peak_flops: float | None = None
 
   def compiles(self, workload: str) -> bool:
     if self.torch_compile == "all":
@@ -115,6 +118,24 @@ def speed_ratio(value: float | None, other: float | None, workload: str) -> floa
   return value / other if higher else other / value
 
 
+def add_mfu(workload: str, rows: list[dict[str, Any]], opts: Options) -> None:
+  """Adds the model FLOPs per unit of a step workload to its rows' details and, where the
+  device's peak is known (or given), the model-FLOPs utilisation."""
+  passes = flops.FORWARD_PASSES.get(workload)
+  if passes is None:
+    return
+  forward = flops.forward_flops(jax_impl.build_model(opts.size.model, opts.size.width, "float32"), common.IMAGE_SHAPE_HWC)
+  for row in rows:
+    if row["value"] is None:
+      continue
+    d = row["details"]
+    d.update(forward_flops=forward, forward_passes=passes, model_flops_per_unit=passes * forward)
+    peak = opts.peak_flops or flops.peak_flops(row["device"])
+    if peak:
+      devices = len(jax.devices()) if row["implementation"] in JAX_IMPLS else 1
+      d.update(peak_flops=peak, peak_devices=devices, mfu=flops.mfu(row["value"], passes * forward, peak, devices))
+
+
 def run_workload(workload: str, opts: Options, log=print) -> list[dict[str, Any]]:
   """Rows of one workload for every implementation of ``opts`` (failures become n/a rows)."""
   unit = WORKLOADS[workload][0]
@@ -165,6 +186,7 @@ def run_workload(workload: str, opts: Options, log=print) -> list[dict[str, Any]
     rows.append(row)
     shown = "n/a" if row["value"] is None else f"{row['value']:.4g}"
     log(f"  {workload} / {impl}: {shown} {unit}")
+  add_mfu(workload, rows, opts)
   load = common.load_average()
   for row in rows:
     row["details"]["load_average_after"] = load
