@@ -147,8 +147,8 @@ def markdown_section(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             "ratio (the cost of CMIM over CE within one implementation), so it has no cross ratio. "
             "Each value is the median of the timed repeats, which are interleaved across implementations; "
             "compile and warm-up are excluded except in `e2e_em` (wall time of the whole pipeline)."
-            + (" MFU: model FLOPs (convolutions and matrix products at full kernel size, 3 forward passes per "
-               "training image, 2 per PGD image-step) per second over the device's bf16 dense peak."
+            + (" MFU: model FLOPs (convolutions and matrix products at full kernel size; forward passes per "
+               "unit as noted below) per second over the device's bf16 dense peak."
                if any("mfu" in r["details"] for r in rows) else ""), ""]
   lines += [f"- {n}" for n in notes(rows)]
   if meta.get("skipped"):

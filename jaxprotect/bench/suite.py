@@ -124,16 +124,18 @@ def add_mfu(workload: str, rows: list[dict[str, Any]], opts: Options) -> None:
   passes = flops.FORWARD_PASSES.get(workload)
   if passes is None:
     return
-  forward = flops.forward_flops(jax_impl.build_model(opts.size.model, opts.size.width, "float32"), common.IMAGE_SHAPE_HWC)
+  model = jax_impl.build_model(opts.size.model, opts.size.width, "float32")
+  forward = flops.forward_flops(model, common.IMAGE_SHAPE_HWC)
+  per_unit = passes * forward
   for row in rows:
     if row["value"] is None:
       continue
     d = row["details"]
-    d.update(forward_flops=forward, forward_passes=passes, model_flops_per_unit=passes * forward)
+    d.update(forward_flops=forward, forward_passes=passes, model_flops_per_unit=per_unit)
     peak = opts.peak_flops or flops.peak_flops(row["device"])
     if peak:
       devices = len(jax.devices()) if row["implementation"] in JAX_IMPLS else 1
-      d.update(peak_flops=peak, peak_devices=devices, mfu=flops.mfu(row["value"], passes * forward, peak, devices))
+      d.update(peak_flops=peak, peak_devices=devices, mfu=flops.mfu(row["value"], per_unit, peak, devices))
 
 
 def run_workload(workload: str, opts: Options, log=print) -> list[dict[str, Any]]:
