@@ -7,6 +7,8 @@ DEMO_ARGS ?= --workdir runs/demo
 
 .PHONY: demo test bench venv clean
 
+# .[dev]: pytest plus the tfds and plot extras that the tests use; `make demo` needs only
+# the core (the embedded dataset). The bench extra (torch) is never installed here.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -209,12 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   if argv[0] not in COMMANDS:
     print(f"jaxprotect: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
     return 2
+  from jaxprotect import platform  # noqa: PLC0415
+
+  platform.apply_cpu_xla_flags()  # before JAX initialises a backend (jaxprotect.platform)
   from jaxprotect import parallel  # noqa: PLC0415  (imports jax; kept out of `jaxprotect --help`)
 
   parallel.enable_compilation_cache()
   try:
     return COMMANDS[argv[0]](argv)
-  except ValueError as e:  # user errors: bad data, config, checkpoint mismatch
+  except (ValueError, platform.MissingExtraError) as e:  # user errors: bad data or config, a missing extra
     print(f"jaxprotect {argv[0]}: error: {e}", file=sys.stderr)
     return 1
 

@@ -6,6 +6,7 @@ define ``get_config(arg=None)`` and usually start from ``train_config()``.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -18,10 +19,46 @@ from ml_collections import config_dict
 
 # Fields that do not change what a run computes: a resumed run may change them.
 NON_SEMANTIC_FIELDS = ("checkpoint", "progress", "num_devices", "data_dir", "tensorboard")
+# Sub-configs whose keys are free (keyword arguments of a model): never locked, never checked.
+OPEN_FIELDS = ("model_kwargs",)
+
+
+def lock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Locks ``c`` (a typo such as ``c.pgd.step = 5`` raises instead of adding a field),
+  leaving the ``OPEN_FIELDS`` sub-configs open. Returns ``c``."""
+  c.lock()
+
+  def open_fields(d: ml_collections.ConfigDict) -> None:
+    for key, value in d.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        if key in OPEN_FIELDS:
+          value.unlock()
+        else:
+          open_fields(value)
+
+  open_fields(c)
+  return c
+
+
+def check_fields(config: ml_collections.ConfigDict | dict, reference: ml_collections.ConfigDict | dict,
+                 where: str = "config") -> None:
+  """Raises ValueError for a field of ``config`` that ``reference`` (the schema) lacks,
+  naming it and the nearest known field; ``OPEN_FIELDS`` sub-configs are not checked."""
+  for key, value in config.items():
+    if key not in reference:
+      near = difflib.get_close_matches(key, list(reference), n=1)
+      hint = f"; did you mean {where}.{near[0]}?" if near else f"; known fields: {', '.join(sorted(reference))}"
+      raise ValueError(f"unknown config field {where}.{key}{hint}")
+    ref = reference[key]
+    if key not in OPEN_FIELDS and isinstance(ref, (dict, ml_collections.ConfigDict)) and isinstance(
+        value, (dict, ml_collections.ConfigDict)):
+      check_fields(value, ref, f"{where}.{key}")
 
 
 def train_config() -> ml_collections.ConfigDict:
-  """The default supervised-training config (a small CNN on the embedded Fashion-MNIST slice)."""
+  """The default supervised-training config (a small CNN on the embedded Fashion-MNIST slice).
+
+  Unlocked: method configs extend it with their own fields, then ``lock`` the result."""
   c = ml_collections.ConfigDict()
   c.dataset = "fashion_mnist_mini"  # a TFDS name, mnist/fashion_mnist/cifar10/cifar100 with data_dir, or an .npz path
   c.data_dir = config_dict.placeholder(str)

@@ -118,6 +118,14 @@ def check_divisible(n: int, mesh: Mesh, what: str) -> None:
     raise ValueError(f"{what}={n} must be divisible by the number of devices on the data axis ({k})")
 
 
+def sync_each_step(mesh: Mesh) -> bool:
+  """Whether a host-dispatched loop should wait for each program on ``mesh``: True for
+  several CPU devices in one process (simulated devices), whose collectives share one
+  thread pool and can starve each other's rendezvous when many programs are in flight.
+  Waiting costs nothing there (the host is the device); elsewhere programs run ahead."""
+  return mesh.devices.flat[0].platform == "cpu" and mesh.devices.size > 1
+
+
 def put(tree: Any, sharding: NamedSharding) -> Any:
   """Places a pytree of host (numpy) arrays, identical on every process, on ``sharding``.
 

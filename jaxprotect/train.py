@@ -30,15 +30,24 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxprotect import losses, parallel
+from jaxprotect import checks, losses, parallel
 from jaxprotect.data.augment import AugmentConfig
 from jaxprotect.data.device import DeviceSplit, batch_from
+from jaxprotect.models.contract import Model, as_model, check_outputs
 
-Outputs = tuple[jax.Array, jax.Array]
+__all__ = [
+    "LossFn", "Outputs", "TrainState", "abstract_state", "ce_loss", "default_loop", "epoch_indices", "init_state",
+    "make_eval_fn", "make_optimizer", "make_schedule", "make_train_chunk", "make_train_step", "platform_of", "stateful",
+    "variables_of",
+]
+
+# (logits_BxK, feats): feats are the model's features, or None for a logits-only model.
+Outputs = tuple[jax.Array, Any]
 LossFn = Callable[[Outputs, dict[str, jax.Array]], jax.Array]
 
 # Streams derived from the run key: fold_in(rng, stream) then fold_in(., step or epoch).
@@ -69,20 +78,17 @@ def variables_of(state: TrainState, params: Any = None) -> dict[str, Any]:
   return v
 
 
-def init_state(
-    model: nn.Module,
-    optimizer: optax.GradientTransformation,
-    example_x: jax.Array,
-    key: jax.Array,
-    mesh: Mesh | None = None,
-    extra: Any = None,
-) -> TrainState:
-  """Initialises parameters on an unsharded example batch and replicates the state on ``mesh``."""
-  init_key, run_key = jax.random.split(key)
+def _check_example(example_x: Any) -> None:
+  checks.check_shape(example_x, "example_x", ndim=4)
+  checks.check_floating(example_x, "example_x")
 
-  @jax.jit
-  def init(k, x):
-    variables = model.init(k, x, train=False)
+
+def _init_fn(model: Model, optimizer: optax.GradientTransformation, extra: Any):
+
+  def init(key, x):
+    with jax.threefry_partitionable(True):  # JAX's default, for the split as always computed
+      init_key, run_key = jax.random.split(key)
+    variables = model.init(init_key, x, train=False)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -93,27 +99,62 @@ def init_state(
         extra=extra if extra is not None else {},
     )
 
+  return init
+
+
+def init_state(
+    model: nn.Module | Model,
+    optimizer: optax.GradientTransformation,
+    example_x: jax.Array,
+    key: jax.Array,
+    mesh: Mesh | None = None,
+    extra: Any = None,
+) -> TrainState:
+  """A fresh ``TrainState``: parameters initialised on ``example_x`` (float ``1 x H x W x C``;
+  only its shape and dtype matter), replicated on ``mesh`` (default: the default device).
+
+  ``model`` is a zoo model, a user's flax module or a ``models.Model`` (see
+  ``models.contract``); its outputs are checked against the contract first.
+  """
+  model = as_model(model)
+  _check_example(example_x)
+  check_outputs(model, example_x)
+  out_shardings = None if mesh is None else parallel.replicated(mesh)
   # The non-partitionable threefry compiles an init several times faster on XLA:CPU (see
-  # models.init_variables); parameters are created unsharded, so nothing is lost.
+  # models.init_variables); parameters are created replicated, so nothing is lost.
   with jax.threefry_partitionable(False):
-    state = init(init_key, example_x)
-  if mesh is not None:
-    state = jax.device_put(state, parallel.replicated(mesh))
-  return state
+    return jax.jit(_init_fn(model, optimizer, extra), out_shardings=out_shardings)(key, example_x)
+
+
+def abstract_state(
+    model: nn.Module | Model,
+    optimizer: optax.GradientTransformation,
+    example_x: jax.Array | jax.ShapeDtypeStruct,
+    mesh: Mesh,
+    extra: Any = None,
+) -> TrainState:
+  """The ``TrainState`` that ``init_state`` would return, as ``jax.ShapeDtypeStruct`` leaves
+  carrying their shardings on ``mesh``, computed without placing anything on a device.
+
+  For ahead-of-time compilation: ``make_train_step(...).lower(abstract_state(...), batch_spec)
+  .compile()`` works on any mesh, also one over a compile-only topology
+  (``jax.experimental.topologies``).
+  """
+  model = as_model(model)
+  _check_example(example_x)
+  check_outputs(model, example_x)
+  x = jax.ShapeDtypeStruct(np.shape(example_x), example_x.dtype)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # a raw PRNGKey, as init_state's rng
+  with jax.threefry_partitionable(False):
+    shapes = jax.eval_shape(_init_fn(model, optimizer, extra), key, x)
+  rep = parallel.replicated(mesh)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
 
 
 def stateful(loss_fn: Callable) -> Callable:
   """Marks ``loss_fn(outputs, batch, extra) -> (loss_B, new_extra)`` as a stateful loss."""
   loss_fn.uses_extra = True
   return loss_fn
-
-
-def _apply_loss(loss_fn: Callable, outputs: Outputs, batch: dict[str, jax.Array], extra: Any):
-  """``(loss_B, new_extra)`` for a plain or a stateful loss."""
-  if getattr(loss_fn, "uses_extra", False):
-    loss_B, new_extra = loss_fn(outputs, batch, extra)
-    return loss_B, jax.lax.stop_gradient(new_extra)
-  return loss_fn(outputs, batch), extra
 
 
 def ce_loss(label_smoothing: float = 0.0) -> LossFn:
@@ -174,10 +215,38 @@ def make_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int, epochs:
   return optax.chain(*parts)
 
 
-def _step_fn(model: nn.Module, loss_fn: LossFn, optimizer: optax.GradientTransformation):
+def _check_batch(batch: dict[str, jax.Array]) -> None:
+  """Structure of a training batch (at trace time): float images B x H x W x C, int labels B."""
+  if not isinstance(batch, dict) or "image" not in batch or "label" not in batch:
+    raise ValueError(f"batch: expected a dict with 'image' and 'label', got {type(batch).__name__} "
+                     f"{sorted(batch) if isinstance(batch, dict) else ''}")
+  checks.check_shape(batch["image"], "batch['image']", ndim=4)
+  checks.check_floating(batch["image"], "batch['image']")
+  b = np.shape(batch["image"])[0]
+  if b < 1:
+    raise ValueError("batch['image']: expected a non-empty batch, got 0 images")
+  checks.check_shape(batch["label"], "batch['label']", shape=(b,))
+  checks.check_range(batch["image"], 0.0, 1.0, "batch['image']")
+
+
+def _apply_loss(loss_fn: Callable, outputs: Outputs, batch: dict[str, jax.Array], extra: Any):
+  """``(loss_B, new_extra)`` for a plain or a stateful loss."""
+  if getattr(loss_fn, "uses_extra", False):
+    loss_B, new_extra = loss_fn(outputs, batch, extra)
+    new_extra = jax.lax.stop_gradient(new_extra)
+  else:
+    loss_B, new_extra = loss_fn(outputs, batch), extra
+  b = np.shape(batch["image"])[0]
+  if np.shape(loss_B) != (b,):
+    raise ValueError(f"loss_fn: expected per-example losses of shape ({b},), got shape {np.shape(loss_B)}")
+  return loss_B, new_extra
+
+
+def _step_fn(model: Model, loss_fn: LossFn, optimizer: optax.GradientTransformation):
   """The un-jitted step ``(state, batch) -> (state, metrics)``."""
 
   def step(state: TrainState, batch: dict[str, jax.Array]):
+    _check_batch(batch)
     batch = {**batch, "step": state.step}
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, _DROPOUT_STREAM), state.step)
 
@@ -199,24 +268,35 @@ def _step_fn(model: nn.Module, loss_fn: LossFn, optimizer: optax.GradientTransfo
 
 
 def make_train_step(
-    model: nn.Module,
+    model: nn.Module | Model,
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
     donate: bool = True,
     batch_fn: Callable | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-  """A jitted train step ``step(state, batch, aux=None)``: batch sharded along ``data``,
-  state replicated, state donated; ``batch_fn(aux, batch)`` (optional) runs first."""
+  """The jitted train step ``step(state, batch, aux=None) -> (state, metrics)``.
+
+  ``batch``: a dict with ``image`` (float ``B x H x W x C`` in [0, 1]) and ``label`` (int
+  ``B``); it is split along the mesh's ``data`` axis (a batch placed otherwise, e.g.
+  replicated or a host array, is resharded inside the step). The state is replicated and
+  donated; ``loss_fn(outputs, batch) -> loss_B`` gets ``outputs = (logits_BxK, feats)``
+  (``feats`` None for a logits-only model). ``batch_fn(aux, batch)`` (optional) runs
+  first. ``metrics``: batch ``loss`` and ``accuracy``.
+
+  The result is a ``jax.jit`` function: ``step.lower(abstract_state(...), batch_spec)``
+  compiles it ahead of time.
+  """
+  model = as_model(model)
   rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
   step = _step_fn(model, loss_fn, optimizer)
 
-  def step_with_hook(state, batch, aux):
+  def train_step(state, batch, aux=None):
+    state = jax.lax.with_sharding_constraint(state, rep)
+    batch = jax.lax.with_sharding_constraint(batch, dat)
     return step(state, batch_fn(aux, batch) if batch_fn is not None else batch)
 
-  jitted = jax.jit(step_with_hook, in_shardings=(rep, dat, rep), out_shardings=(rep, rep),
-                   donate_argnums=(0,) if donate else ())
-  return lambda state, batch, aux=None: jitted(state, batch, aux)
+  return jax.jit(train_step, out_shardings=(rep, rep), donate_argnums=(0,) if donate else ())
 
 
 def epoch_indices(rng: jax.Array, epoch: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
@@ -227,15 +307,22 @@ def epoch_indices(rng: jax.Array, epoch: jax.Array, num_examples: int, batch_siz
   return jax.random.permutation(key, num_examples)[: steps * batch_size].reshape(steps, batch_size)
 
 
-def default_loop() -> str:
+def platform_of(mesh: Mesh | None = None) -> str:
+  """The platform of ``mesh``'s devices (``"cpu"``, ``"gpu"``, ``"tpu"``), else JAX's default
+  backend. A mesh over a compile-only topology gives its platform without a local backend."""
+  if mesh is not None:
+    return mesh.devices.flat[0].platform
+  return jax.default_backend()
+
+
+def default_loop(mesh: Mesh | None = None) -> str:
   """``"scan"`` on accelerators; ``"host"`` on CPU, where XLA runs convolutions inside a
-  while loop several times slower than in a plain jitted step (measured: 8x for the
-  small CNN on 2 cores, jax 0.10.2)."""
-  return "host" if jax.default_backend() == "cpu" else "scan"
+  while loop several times slower than in a plain jitted step (BENCHMARKS.md)."""
+  return "host" if platform_of(mesh) == "cpu" else "scan"
 
 
 def make_train_chunk(
-    model: nn.Module,
+    model: nn.Module | Model,
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
@@ -257,8 +344,10 @@ def make_train_chunk(
   Default: ``default_loop()``. ``batch_fn(aux, batch)`` (optional) transforms each batch
   inside jit; ``aux`` is passed at call time (see the module docstring).
   """
+  model = as_model(model)
+  checks.check_batch_size(batch_size)
   parallel.check_divisible(batch_size, mesh, "batch_size")
-  loop = loop or default_loop()
+  loop = loop or default_loop(mesh)
   if loop not in ("scan", "host"):
     raise ValueError(f"loop must be 'scan' or 'host', got {loop!r}")
   step = _step_fn(model, loss_fn, optimizer)
@@ -295,11 +384,15 @@ def make_train_chunk(
   body_jit = jax.jit(lambda st, split, rows, aux: body(st, split, rows[st.step % rows.shape[0]], aux),
                      out_shardings=(rep, rep), donate_argnums=donate_args)
 
+  sync = parallel.sync_each_step(mesh)
+
   def host_chunk(state: TrainState, split: DeviceSplit, num_steps: int, aux: Any = None):
     rows = epoch_rows(state, split)
     metrics = []
     for _ in range(num_steps):
       state, m = body_jit(state, split, rows, aux)
+      if sync:
+        jax.block_until_ready(m)
       metrics.append(m)
     return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
 
@@ -307,10 +400,13 @@ def make_train_chunk(
   return host_chunk
 
 
-def make_eval_fn(model: nn.Module, mesh: Mesh, batch_size: int, num_classes: int):
+def make_eval_fn(model: nn.Module | Model, mesh: Mesh, batch_size: int, num_classes: int):
   """``evaluate(state, split) -> metrics``: loss, accuracy and per-class counts over a
   whole split (no augmentation, no perturbation is applied unless the split has one),
   as one jitted scan; the last batch is padded and masked."""
+  model = as_model(model)
+  checks.check_batch_size(batch_size)
+  checks.check_positive_int(num_classes, "num_classes", minimum=2)
   parallel.check_divisible(batch_size, mesh, "eval batch_size")
   batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
 

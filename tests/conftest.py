@@ -1,4 +1,4 @@
-"""Test set-up: 8 simulated CPU devices, set before JAX is imported."""
+"""Test set-up: 8 simulated CPU devices and the CLI's XLA:CPU flags, set before JAX is imported."""
 
 import os
 import pathlib
@@ -7,6 +7,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from jaxprotect import platform  # noqa: E402
+
+platform.apply_cpu_xla_flags()  # as the jaxprotect command does (import jaxprotect no longer does)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -30,14 +30,15 @@ def _single_device_env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_bench_command_tiny_end_to_end(tmp_path):
-  """``python -m jaxprotect.bench --tiny`` runs every workload on jax and (when importable)
-  both PyTorch modes, writes the JSON rows and the Markdown section, keeps the rest of
-  the Markdown file, and says what it skipped."""
+  """``python -m jaxprotect.bench --tiny`` runs every workload on jax and both PyTorch
+  modes, writes the JSON rows and the Markdown section, keeps the rest of the Markdown
+  file, and says what it skipped: without torch (no bench extra) the PyTorch rows it was
+  asked for."""
   md = tmp_path / "BENCHMARKS.md"
   md.write_text("# Benchmarks\n\nHand-written intro.\n\n<!-- bench:cpu:start -->\nold table\n<!-- bench:cpu:end -->\n\n"
                 "## Notes\n\nHand-written notes.\n")
   out_json = tmp_path / "results.json"
-  impls = "jax,torch_eager,torch_tuned" if HAVE_TORCH else "jax"
+  impls = "jax,torch_eager,torch_tuned"  # also without torch: its rows are then skipped, and the skip recorded
   cmd = [sys.executable, "-m", "jaxprotect.bench", "--tiny", "--impl", impls, "--out-json", str(out_json),
          "--out-md", str(md), "--profile", str(tmp_path / "profiles"), "--peak-tflops", "0.001"]
   proc = subprocess.run(cmd, cwd=REPO, env=_single_device_env(), capture_output=True, text=True, timeout=300)
@@ -84,8 +85,13 @@ def test_bench_command_tiny_end_to_end(tmp_path):
         assert d["model_flops_per_unit"] == passes * forward, (w, d)
         assert d["mfu"] == pytest.approx(r["value"] * passes * forward / 1e9, rel=1e-5), (w, d)  # JSON keeps 6 decimals
   assert "mfu" not in by[("e2e_em", "jax")]["details"] and meta["peak_flops_override"] == 1e9
-  if not HAVE_TORCH:
-    assert any("PyTorch rows" in s for s in meta["skipped"])
+  if HAVE_TORCH:
+    assert not any("PyTorch rows" in s for s in meta["skipped"]), meta["skipped"]
+  else:
+    assert meta["implementations"] == ["jax"] and {r["implementation"] for r in rows} == {"jax"}
+    assert any(s.startswith("PyTorch rows (torch_eager, torch_tuned): torch is not installed") and "[bench]" in s
+               for s in meta["skipped"]), meta["skipped"]
+    assert "skipped: PyTorch rows" in proc.stdout
 
   text = md.read_text()
   assert text.startswith("# Benchmarks\n\nHand-written intro.\n")
@@ -98,6 +104,8 @@ def test_bench_command_tiny_end_to_end(tmp_path):
   assert meta["date"] in section and f"jax {jax.__version__}" in section
   if HAVE_TORCH:
     assert "| jaxprotect / eager | jaxprotect / tuned |" in section
+  else:
+    assert "Skipped: PyTorch rows" in section
   mfu = by[("train_step", "jax")]["details"]["mfu"]
   assert f"({100 * mfu:.1f}% MFU)" in section and "- train_step: MFU counts 3 x " in section
 

@@ -113,20 +113,37 @@ def test_rerun_reads_compiled_programs_and_trains_the_same_model(tmp_path):
   assert params[0] == params[1]
 
 
-def test_cpu_xla_flags_added_on_import_unless_set_or_turned_off():
-  import jaxprotect  # noqa: PLC0415
-  from importlib import metadata  # noqa: PLC0415
+def test_cpu_xla_flags_applied_by_the_command_not_on_import():
+  """``import jaxprotect`` leaves XLA_FLAGS alone; the ``jaxprotect`` command adds the
+  measured XLA:CPU flags (jaxprotect.platform) unless XLA_FLAGS sets them or they are off."""
+  from jaxprotect import platform  # noqa: PLC0415
 
-  flags = jaxprotect.CPU_XLA_FLAGS.get(".".join(metadata.version("jaxlib").split(".")[:2]), ())
-  show = "import os, jaxprotect; print(os.environ.get('XLA_FLAGS', ''))"
+  flags = platform.cpu_xla_flags()
+  show = ("import os, jaxprotect, jaxprotect.train; print(os.environ.get('XLA_FLAGS', '')); "
+          "from jaxprotect import cli; assert cli.main(['devices']) == 0; print(os.environ.get('XLA_FLAGS', ''))")
 
-  def xla_flags(**env):
-    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXPROTECT_XLA_CPU_DEFAULTS")}
-    out = _run(sys.executable, "-c", show, env={**base, **env})
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+  def xla_flags(**env):  # (after import, after the command)
+    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", platform.CPU_DEFAULTS_ENV)}
+    out = _run(sys.executable, "-c", show, env={**base, "JAX_PLATFORMS": "cpu", **env})
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    return lines[0], lines[-1]
 
-  assert xla_flags(XLA_FLAGS="--xla_force_host_platform_device_count=2").split() == [
-      "--xla_force_host_platform_device_count=2", *flags]
-  assert xla_flags(XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=dot") == "--xla_cpu_experimental_ynn_fusion_type=dot"
-  assert xla_flags(JAXPROTECT_XLA_CPU_DEFAULTS="0") == ""
+  count = "--xla_force_host_platform_device_count=2"
+  assert xla_flags(XLA_FLAGS=count) == (count, " ".join([count, *flags]))
+  ynn = "--xla_cpu_experimental_ynn_fusion_type=dot"
+  assert xla_flags(XLA_FLAGS=ynn) == (ynn, ynn)
+  assert xla_flags(JAXPROTECT_XLA_CPU_DEFAULTS="0") == ("", "")
+
+
+def test_missing_extra_is_a_clear_error(tmp_path):
+  """A dataset that only TFDS could read, without tensorflow-datasets: exit 1 and the extra
+  to install, no traceback."""
+  code = ("import sys; sys.modules['tensorflow_datasets'] = None; from jaxprotect import cli; "
+          "sys.exit(cli.main(sys.argv[1:]))")
+  out = _run(sys.executable, "-c", code, "train", "--config", "experiments/train.py", "--config.dataset=cifar10",
+             f"--config.data_dir={tmp_path}", "--workdir", str(tmp_path / "run"))
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert "jaxprotect train: error: reading dataset 'cifar10' through TFDS needs tensorflow-datasets: " \
+         "pip install 'jaxprotect[tfds]'" in out.stderr
+  assert "Traceback" not in out.stderr

@@ -100,7 +100,7 @@ def test_ema_centroids_converge_to_class_means_and_absent_classes_stay():
   def run(c, decay, batch_size, steps):
     def body(c, step):
       idx = (jnp.arange(8) + batch_size * step) % 40 if batch_size == 8 else jnp.arange(40)
-      return losses.update_centroids(c, jnp.asarray(logits)[idx], jnp.asarray(labels)[idx], temps, decay), None
+      return losses.update_centroids(jnp.asarray(logits)[idx], jnp.asarray(labels)[idx], c, temps, decay), None
     return jax.lax.scan(body, c, jnp.arange(steps))[0]
 
   run = jax.jit(run, static_argnums=(2, 3))
@@ -110,7 +110,7 @@ def test_ema_centroids_converge_to_class_means_and_absent_classes_stay():
   np.testing.assert_allclose(np.asarray(c)[:, : K - 1], target[:, : K - 1], atol=0.01)
   np.testing.assert_array_equal(np.asarray(c)[:, K - 1], np.asarray(start)[:, K - 1])
   # one step, by the formula
-  one = losses.update_centroids(start, jnp.asarray(logits[:8]), jnp.asarray(labels[:8]), temps, decay=0.75)
+  one = losses.update_centroids(jnp.asarray(logits[:8]), jnp.asarray(labels[:8]), start, temps, decay=0.75)
   for i, t in enumerate([1.0, 4.0]):
     for k in range(K - 1):
       m = _np_softmax(logits[:8][labels[:8] == k] / t).mean(0)
@@ -238,7 +238,9 @@ def test_mi_ue_loss_matches_formula_with_a_singleton_class(exclude_self, zeta, t
   rng = np.random.default_rng(6)
   f = rng.normal(0, 1, (9, 6)).astype(np.float32)
   y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3], np.int32)  # class 3 has a single member
-  fn = jax.jit(jax.value_and_grad(lambda x: losses.mi_ue_loss(x, jnp.asarray(y), temperature, exclude_self, zeta)))
+  assert losses.mi_ue_loss(jnp.asarray(f), jnp.asarray(y), temperature, exclude_self, zeta).shape == (9,)  # loss_B
+  fn = jax.jit(jax.value_and_grad(
+      lambda x: jnp.mean(losses.mi_ue_loss(x, jnp.asarray(y), temperature, exclude_self, zeta))))
   got, g = fn(jnp.asarray(f))
   np.testing.assert_allclose(float(got), _np_mi_ue(f, y, temperature, exclude_self, zeta), rtol=2e-4)
   assert np.all(np.isfinite(np.asarray(g)))
@@ -249,6 +251,7 @@ def test_mi_ue_loss_with_zero_features_and_duplicates_is_finite():
   f[1] = [1.0, 2.0, 0.0]
   f[2] = f[1]  # identical same-class features: distance 0 (safe sqrt)
   y = np.array([0, 1, 1, 0], np.int32)
-  got, g = jax.jit(jax.value_and_grad(lambda x: losses.mi_ue_loss(x, jnp.asarray(y), 0.1, False, 1.0)))(jnp.asarray(f))
+  got, g = jax.jit(jax.value_and_grad(lambda x: jnp.mean(losses.mi_ue_loss(x, jnp.asarray(y), 0.1, False, 1.0))))(
+      jnp.asarray(f))
   np.testing.assert_allclose(float(got), _np_mi_ue(f, y, 0.1, False, 1.0), rtol=2e-4)
   assert np.all(np.isfinite(np.asarray(g)))

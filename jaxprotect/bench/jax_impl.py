@@ -76,7 +76,7 @@ def cmim_stateful_loss(temperatures=common.CMIM_TEMPERATURES, lam: float = commo
   def loss_fn(outputs, batch, extra):
     logits, labels = outputs[0], batch["label"]
     loss_B = losses.cmim_loss(logits, labels, extra["centroids"], temps, lam)
-    return loss_B, {"centroids": losses.update_centroids(extra["centroids"], logits, labels, temps, decay)}
+    return loss_B, {"centroids": losses.update_centroids(logits, labels, extra["centroids"], temps, decay)}
 
   return train.stateful(loss_fn)
 
@@ -162,7 +162,7 @@ class PGDPassRunner:
     return {"seconds": time.perf_counter() - t0, "units": self.size.pgd_examples * self.size.pgd_steps}
 
   def details(self) -> dict[str, Any]:
-    return {"compile_and_warmup_s": self._compile_s, "compiled_variants": int(self.pass_fn.jitted._cache_size()),
+    return {"compile_and_warmup_s": self._compile_s, "compiled_variants": int(getattr(self.pass_fn, "jitted", self.pass_fn)._cache_size()),
             "loop": self.loop, "batch": self.size.batch, "pgd_steps": self.size.pgd_steps,
             "examples": self.size.pgd_examples, "model": self.size.model_label}
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 
 from jaxprotect.data.augment import AugmentConfig, augment_batch
-from jaxprotect.data.device import DeviceDataset, DeviceSplit, batch_from, describe, split_to_device, to_device
+from jaxprotect.data.device import (DeviceDataset, DeviceSplit, abstract_split, batch_from, check_split, describe,
+                                   split_to_device, to_device)
 from jaxprotect.data.sources import ArraySplit, HostDataset, fingerprint, load_arrays
 
 DEFAULT_DATASET = "fashion_mnist_mini"
@@ -30,6 +31,6 @@ def load(name: str = DEFAULT_DATASET, data_dir: str | None = None, mesh=None, la
 
 
 __all__ = [
-    "ArraySplit", "AugmentConfig", "DEFAULT_DATASET", "DeviceDataset", "DeviceSplit", "HostDataset", "augment_batch",
-    "batch_from", "describe", "fingerprint", "load", "load_arrays", "split_to_device", "subset", "to_device",
+    "ArraySplit", "AugmentConfig", "DEFAULT_DATASET", "DeviceDataset", "DeviceSplit", "HostDataset", "abstract_split",
+    "augment_batch", "batch_from", "check_split", "describe", "fingerprint", "load", "load_arrays", "split_to_device", "subset", "to_device",
 ]

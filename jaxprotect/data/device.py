@@ -8,6 +8,7 @@ perturbation added (sample-wise, indexed by position; or class-wise, indexed by 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.struct
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxprotect import parallel
+from jaxprotect import checks, parallel
 from jaxprotect.data.augment import AugmentConfig, augment_batch
 from jaxprotect.data.sources import ArraySplit, HostDataset
 
@@ -92,14 +93,25 @@ class DeviceDataset:
     """A float32 batch of one training image (unsharded), for model initialisation."""
     return jnp.zeros((1, *self.train.image_shape), jnp.float32)
 
-  def batch(self, key: jax.Array, batch_size: int, split: str = "train", augment: AugmentConfig | str | None = None) -> dict[str, jax.Array]:
-    """A random batch (with replacement across calls, without within one), gathered on device."""
+  def batch(self, key: jax.Array, batch_size: int, split: str = "train",
+            augment: AugmentConfig | str | None = None) -> dict[str, jax.Array]:
+    """A random batch (with replacement across calls, without within one), gathered on
+    device and split along the mesh's ``data`` axis -- ready for ``train.make_train_step``.
+
+    Returns ``{"image": float B x H x W x C in [0, 1], "label": int32 B, "id": int32 B,
+    "index": int32 B}``; ``batch_size`` must divide evenly over the mesh's devices.
+    """
     if isinstance(augment, str) or augment is None:
       augment = AugmentConfig.parse(augment)
+    if split not in ("train", "test"):
+      raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     s = getattr(self, split)
+    checks.check_batch_size(batch_size)
+    if batch_size > s.size:
+      raise ValueError(f"batch_size={batch_size} exceeds the {s.size} examples of the {split} split")
+    parallel.check_divisible(batch_size, self.mesh, "batch_size")
     k_idx, k_aug = jax.random.split(key)
-    idx = jax.random.choice(k_idx, s.size, (batch_size,), replace=False)
-    return _jitted_batch(s, k_aug, idx, augment)
+    return _batch_fn(self.mesh, batch_size, augment)(s, k_idx, k_aug)
 
   def with_perturbation(self, delta: jax.Array, mode: str = "sample") -> "DeviceDataset":
     """A copy whose training images carry ``delta`` (pixel units; see ``DeviceSplit``)."""
@@ -108,12 +120,22 @@ class DeviceDataset:
     want = (self.train.size if mode == "sample" else self.num_classes, *self.train.image_shape)
     if tuple(delta.shape) != want:
       raise ValueError(f"{mode}-wise perturbation must have shape {want}, got {tuple(delta.shape)}")
+    checks.check_floating(delta, "delta")
     sharding = self.train.images.sharding if mode == "sample" else parallel.replicated(self.mesh)
     delta = jax.device_put(jnp.asarray(delta, jnp.float32), sharding)
     return dataclasses.replace(self, train=self.train.replace(delta=delta, delta_mode=mode))
 
 
-_jitted_batch = jax.jit(batch_from, static_argnums=(3,))
+@functools.lru_cache(maxsize=64)
+def _batch_fn(mesh: Mesh, batch_size: int, augment: AugmentConfig):
+  """One jitted draw-gather-augment program per (mesh, batch size, augmentation); its
+  outputs are sharded along ``data``."""
+
+  def draw(split: DeviceSplit, k_idx: jax.Array, k_aug: jax.Array):
+    idx = jax.random.choice(k_idx, split.size, (batch_size,), replace=False)
+    return batch_from(split, k_aug, idx, augment)
+
+  return jax.jit(draw, out_shardings=parallel.data_sharded(mesh))
 
 
 def split_to_device(split: ArraySplit, mesh: Mesh, layout: str = "replicated", name: str = "split") -> DeviceSplit:
@@ -121,16 +143,38 @@ def split_to_device(split: ArraySplit, mesh: Mesh, layout: str = "replicated", n
   (which needs the number of examples to be a multiple of the number of devices)."""
   if layout not in LAYOUTS:
     raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+  check_split(split, name)
   if layout == "sharded":
     parallel.check_divisible(len(split.labels), mesh, f"number of examples of {name!r}")
     sharding = parallel.data_sharded(mesh)
   else:
     sharding = parallel.replicated(mesh)
   arrays = parallel.put(
-      {"images": np.ascontiguousarray(split.images, np.uint8), "labels": split.labels.astype(np.int32), "ids": split.ids.astype(np.int32)},
+      {"images": np.ascontiguousarray(split.images), "labels": split.labels.astype(np.int32),
+       "ids": split.ids.astype(np.int32)},
       sharding,
   )
   return DeviceSplit(**arrays)
+
+
+def check_split(split: ArraySplit, name: str = "split", num_classes: int | None = None) -> None:
+  """A host split as the device expects it: uint8 ``N x H x W x C`` images (not floats:
+  convert with ``np.round(x * 255).astype(np.uint8)``), integer labels and ids of length N,
+  labels in ``[0, num_classes)`` when given."""
+  images, labels, ids = np.asarray(split.images), np.asarray(split.labels), np.asarray(split.ids)
+  if images.dtype != np.uint8:
+    raise ValueError(f"{name} images: expected uint8 pixels in [0, 255], got dtype {images.dtype} "
+                     "(float images in [0, 1]: np.round(x * 255).astype(np.uint8))")
+  checks.check_shape(images, f"{name} images", ndim=4)
+  n = images.shape[0]
+  if n < 1:
+    raise ValueError(f"{name} images: expected at least one example, got 0")
+  for what, arr in (("labels", labels), ("ids", ids)):
+    checks.check_shape(arr, f"{name} {what}", shape=(n,))
+    if not np.issubdtype(arr.dtype, np.integer):
+      raise ValueError(f"{name} {what}: expected integers, got dtype {arr.dtype}")
+  if num_classes is not None:
+    checks.check_labels(labels, num_classes, f"{name} labels")
 
 
 def to_device(host: HostDataset, mesh: Mesh | None = None, layout: str = "replicated") -> DeviceDataset:
@@ -143,6 +187,9 @@ def to_device(host: HostDataset, mesh: Mesh | None = None, layout: str = "replic
   evenly over the devices (the test split stays replicated if it does not).
   """
   mesh = mesh or parallel.make_mesh()
+  checks.check_positive_int(host.num_classes, "num_classes", minimum=2)
+  check_split(host.train, f"{host.name} train", host.num_classes)
+  check_split(host.test, f"{host.name} test", host.num_classes)
   # The test split is only read in order, batch by batch: shard it when it divides evenly.
   test_layout = layout if len(host.test.labels) % parallel.num_shards(mesh) == 0 else "replicated"
   return DeviceDataset(
@@ -167,3 +214,30 @@ def describe(ds: DeviceDataset) -> dict[str, Any]:
       "fingerprint": ds.fingerprint,
       "layout": ds.layout,
   }
+
+
+def abstract_split(num_examples: int, image_shape: tuple[int, int, int], mesh: Mesh, layout: str = "replicated",
+                   delta_mode: str = "none", num_classes: int | None = None,
+                   clean_augment: AugmentConfig = AugmentConfig()) -> DeviceSplit:
+  """A ``DeviceSplit`` of ``jax.ShapeDtypeStruct`` leaves with the shardings that
+  ``split_to_device`` would give on ``mesh``, touching no device: for ahead-of-time
+  compilation (e.g. for a mesh over a compile-only TPU topology). ``delta_mode`` "sample"
+  adds an ``N x H x W x C`` perturbation, "class" a ``num_classes x H x W x C`` one."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+  n = checks.check_positive_int(num_examples, "num_examples")
+  if layout == "sharded":
+    parallel.check_divisible(n, mesh, "num_examples")
+  sharding = parallel.data_sharded(mesh) if layout == "sharded" else parallel.replicated(mesh)
+  shape = tuple(int(d) for d in image_shape)
+  spec = lambda s, dt, sh=sharding: jax.ShapeDtypeStruct(s, dt, sharding=sh)  # noqa: E731
+  delta = None
+  if delta_mode == "sample":
+    delta = spec((n, *shape), jnp.float32)
+  elif delta_mode == "class":
+    k = checks.check_positive_int(num_classes, "num_classes", minimum=2)
+    delta = spec((k, *shape), jnp.float32, parallel.replicated(mesh))
+  elif delta_mode != "none":
+    raise ValueError(f"delta_mode: expected 'none', 'sample' or 'class', got {delta_mode!r}")
+  return DeviceSplit(images=spec((n, *shape), jnp.uint8), labels=spec((n,), jnp.int32), ids=spec((n,), jnp.int32),
+                     delta=delta, delta_mode=delta_mode, clean_augment=clean_augment)

@@ -1,7 +1,8 @@
 """TFDS datasets read through `tfds.data_source` (array_record random access, no TensorFlow).
 
 Leaf module: returns plain numpy arrays (`jaxprotect.data.sources.load_tfds` assembles
-the `HostDataset`). `tensorflow_datasets` is imported lazily, on first use.
+the `HostDataset`). `tensorflow_datasets` (the `tfds` extra) is imported lazily, on first use;
+without it, `read_tfds` raises `jaxprotect.platform.MissingExtraError` naming the extra.
 
 Notes on `tfds.testing.mock_data` (checked against tensorflow-datasets 4.9.10, with
 TensorFlow absent):
@@ -26,6 +27,8 @@ import os
 from typing import Any
 
 import numpy as np
+
+from jaxprotect import platform
 
 _CHUNK = 4096
 
@@ -87,11 +90,12 @@ def read_tfds(name: str, data_dir: str | os.PathLike | None = None
     ValueError naming the dataset and data_dir: unknown name, not prepared (or prepared
       in a format without random access), variable image size, no 'image'/'label'
       (ClassLabel) features, or neither a 'test' nor a 'validation' split.
+    jaxprotect.platform.MissingExtraError (a ModuleNotFoundError) when tensorflow-datasets
+      (the `tfds` extra) is not installed.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
   data_dir = None if data_dir is None else os.fspath(data_dir)
   hint = _accepted_files_hint(name, data_dir)
+  tfds = platform.require("tensorflow_datasets", "tfds", f"reading dataset {name!r} through TFDS", hint)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:

@@ -109,7 +109,7 @@ def run_attacks(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, 
   written to ``attack.json``."""
   workdir = pathlib.Path(workdir)
   if not config.teacher:
-    raise ValueError("distill attack needs the teacher's directory: --config.teacher=<teacher workdir>")
+    raise ValueError("config.teacher: set it to the teacher run directory (CLI: --config.teacher=DIR)")
   if config.teacher_output not in blackbox.OUTPUTS:
     raise ValueError(f"teacher_output must be one of {blackbox.OUTPUTS}, got {config.teacher_output!r}")
   runs = attack_runs(config)

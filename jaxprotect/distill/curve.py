@@ -73,11 +73,13 @@ def write_cmi_curve(model, variables: dict[str, Any], ds: data.DeviceDataset, wo
 
 
 def plot_cmi_curves(curves: dict[str, dict[str, Any]], path: os.PathLike | str) -> None:
-  """Plots CMI(T) and T^2 CMI(T) (log axes) for one or more models; train solid, test dashed."""
-  import matplotlib
+  """Plots CMI(T) and T^2 CMI(T) (log axes) for one or more models; train solid, test dashed.
+  Without matplotlib (the ``plot`` extra) nothing is drawn and a warning is logged."""
+  from jaxprotect import platform  # noqa: PLC0415
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = platform.pyplot(f"the CMI curve plot {path}")
+  if plt is None:
+    return
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for i, (label, c) in enumerate(curves.items()):

@@ -73,17 +73,19 @@ def cmim_stateful_loss(temperatures: tuple[float, ...], lam: float, aggregation:
     lam_t = lam * (jnp.minimum((step + 1) / lam_warmup_steps, 1.0) if lam_warmup_steps else 1.0)
     loss_B = losses.cmim_loss(logits_BxK, labels_B, extra["centroids"], temps_T, lam_t, aggregation, weighting, key,
                               label_smoothing)
-    new = {"centroids": losses.update_centroids(extra["centroids"], logits_BxK, labels_B, temps_T, decay)}
+    new = {"centroids": losses.update_centroids(logits_BxK, labels_B, extra["centroids"], temps_T, decay)}
     return loss_B, new
 
   return loss_fn
 
 
-def nasty_loss(tau: float, omega: float):
-  """The Nasty Teacher loss on ``batch["ref_logits"]`` (added by ``blackbox.teacher_hook``)."""
+def nasty_loss(temperature: float, omega: float):
+  """The Nasty Teacher loss on ``batch["ref_logits"]`` (added by ``blackbox.teacher_hook``);
+  ``temperature`` is the paper's ``tau`` (``config.nasty.tau``)."""
 
   def loss_fn(outputs, batch):
-    return losses.nasty_teacher_loss(outputs[0], batch["ref_logits"], batch["label"], tau, omega)
+    return losses.nasty_teacher_loss(outputs[0], batch["ref_logits"], batch["label"], temperature=temperature,
+                                     omega=omega)
 
   return loss_fn
 

@@ -1,6 +1,8 @@
 """Model zoo: ``get(name, num_classes, **kwargs)`` returns a ``flax.linen`` Module.
 
-Contract of every model (used functionally)::
+Every engine function takes a zoo model or a user's own flax module: ``as_model`` (see
+``models.contract``) adapts a module that returns logits only, or that takes no ``train``
+argument. Contract of every zoo model (used functionally)::
 
   variables = model.init(key, x_BxHxWxC, train=False)   # {'params'[, 'batch_stats']}
   logits_BxK, feats_BxD = model.apply(variables, x, train=False)
@@ -20,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxprotect.models.contract import Model, as_model, check_outputs, features_of
 from jaxprotect.models.convnet import ConvNet
 from jaxprotect.models.resnet import BasicBlock, Bottleneck, ResNet
 from jaxprotect.models.small import MLP, SmallCNN
@@ -28,8 +31,8 @@ from jaxprotect.models.vgg import VGG
 from jaxprotect.models.wide_resnet import WideBlock, WideResNet
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "ConvNet", "MLP", "ResNet", "SmallCNN", "VGG", "WideBlock", "WideResNet",
-    "count_params", "get", "has_batch_stats", "init_variables", "names",
+    "BasicBlock", "Bottleneck", "ConvNet", "MLP", "Model", "ResNet", "SmallCNN", "VGG", "WideBlock", "WideResNet",
+    "as_model", "check_outputs", "count_params", "features_of", "get", "has_batch_stats", "init_variables", "names",
 ]
 
 _RESNETS = {
@@ -91,6 +94,7 @@ def init_variables(model: nn.Module, key: jax.Array, x_BxHxWxC: jax.Array) -> di
   Only the shape and dtype of ``x_BxHxWxC`` matter. Returns a plain dict with ``'params'``
   and, for BatchNorm models, ``'batch_stats'``.
   """
+  model = as_model(model)
   with jax.threefry_partitionable(False):
     variables = jax.jit(functools.partial(model.init, train=False))(key, x_BxHxWxC)
   return dict(variables)
@@ -98,7 +102,9 @@ def init_variables(model: nn.Module, key: jax.Array, x_BxHxWxC: jax.Array) -> di
 
 def has_batch_stats(model: nn.Module, example_x: jax.Array) -> bool:
   """Whether ``model`` keeps a ``'batch_stats'`` collection (shape-only trace, no compute)."""
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), example_x)
+  model = as_model(model)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), key, example_x)
   return "batch_stats" in shapes and bool(jax.tree_util.tree_leaves(shapes["batch_stats"]))
 
 

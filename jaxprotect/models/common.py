@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxprotect import cpu_defaults_enabled
+from jaxprotect.platform import cpu_defaults_enabled
 from jaxprotect.models import norm
 
 PARAM_DTYPE = jnp.float32

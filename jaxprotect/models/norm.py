@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxprotect import cpu_defaults_enabled
+from jaxprotect.platform import cpu_defaults_enabled
 
 SymbolicZero = jax.custom_derivatives.SymbolicZero
 

@@ -7,7 +7,7 @@ machinery for other methods to reuse.
 """
 
 from jaxprotect.unlearnable import pgd, poison_io
-from jaxprotect.unlearnable.crafting import craft, unlearnable_config
+from jaxprotect.unlearnable.crafting import craft, unlearnable_config, with_dataset
 from jaxprotect.unlearnable.victims import evaluate
 
-__all__ = ["craft", "evaluate", "pgd", "poison_io", "unlearnable_config"]
+__all__ = ["craft", "evaluate", "pgd", "poison_io", "unlearnable_config", "with_dataset"]

@@ -85,7 +85,7 @@ def unlearnable_config() -> ml_collections.ConfigDict:
   c.victim.optimizer.lr = 0.1
   c.victim.optimizer.schedule = "cosine"
   c.export = ml_collections.ConfigDict(dict(png=False, npz=False, preview=True))
-  return c
+  return config_lib.lock(c)
 
 
 def with_dataset(c: ml_collections.ConfigDict, dataset: str) -> ml_collections.ConfigDict:
@@ -113,15 +113,21 @@ def with_dataset(c: ml_collections.ConfigDict, dataset: str) -> ml_collections.C
   return c
 
 
-def crafting_hash(config: ml_collections.ConfigDict) -> str:
+def crafting_hash(config: ml_collections.ConfigDict, model: Any = None) -> str:
+  """The hash of what crafting computes: ``config`` without its evaluation fields, and a
+  user's surrogate module (by its ``repr``, which lists its fields) when one is given."""
   c = ml_collections.ConfigDict(config.to_dict())
   for k in _NOT_CRAFTING:
     if k in c:
       del c[k]
+  if model is not None:
+    c.model = f"user module: {model!r}"
   return config_lib.config_hash(c)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the fields of a crafting config (names against ``unlearnable_config()``, values)."""
+  config_lib.check_fields(config, unlearnable_config())
   if config.method not in METHODS:
     raise ValueError(f"unknown unlearnable method {config.method!r}; use one of {METHODS}")
   if config.mode not in MODES:
@@ -168,9 +174,15 @@ def craft(
     workdir: os.PathLike | str,
     mesh=None,
     dataset: data.DeviceDataset | None = None,
+    model: Any = None,
 ) -> dict[str, Any]:
   """Crafts the perturbations of ``config`` into ``workdir`` (resuming if it holds a
-  checkpoint of the same crafting config); returns (and writes) the results summary."""
+  checkpoint of the same crafting config); returns (and writes) the results summary.
+
+  ``model``: the surrogate, a user's flax module (or ``models.Model``) instead of the zoo's
+  ``config.model``; it must output ``num_classes`` logits, and MI-UE needs its features
+  too (see ``models.contract``). Its ``repr`` enters the crafting hash.
+  """
   validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +195,16 @@ def craft(
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size={config.batch_size} exceeds the {n} training examples")
   train_steps = config.train_steps or steps_per_epoch
-  model = models.get(config.model, k, dtype=config.dtype, **config.model_kwargs.to_dict())
+  user_model = model
+  if model is None:
+    model = models.get(config.model, k, dtype=config.dtype, **config.model_kwargs.to_dict())
+  model = models.as_model(model)
+  logits_spec, feats_spec = models.check_outputs(model, ds.example)
+  if logits_spec.shape[-1] != k:
+    raise ValueError(f"model: outputs {logits_spec.shape[-1]} logits, but {ds.name!r} has {k} classes")
+  if config.method == "mi_ue" and feats_spec is None:
+    raise ValueError("model: MI-UE needs the surrogate's features; the model returns logits only "
+                     "(return (logits_BxK, features_BxD) from its __call__)")
   # The surrogate's schedule spans all outer iterations (MI-UE: cosine over its epochs).
   optimizer = train.make_optimizer(config.optimizer, train_steps, config.max_iterations)
   k_model, k_delta, k_subset = jax.random.split(jax.random.PRNGKey(config.seed), 3)
@@ -197,10 +218,11 @@ def craft(
     delta = init(k_delta, shape, config.eps, ds.train.images)
   else:
     delta = jax.device_put(pgd.init_delta(k_delta, shape, config.eps), sharding)
-  chash = crafting_hash(config)
+  chash = crafting_hash(config, None if user_model is None else model.module)
   if main:
+    record_model = {} if user_model is None else {"user_model": repr(model.module)}
     config_lib.write_json_atomic(workdir / "config.json", {"config": config.to_dict(), "config_hash": chash,
-                                                           "dataset": data.describe(ds)})
+                                                           "dataset": data.describe(ds), **record_model})
   if config.method == "random":  # the papers' control: the initial uniform noise, uncrafted, no surrogate
     return _finish(config, workdir, ds, mesh, delta, chash, t0=time.time(), iteration=0, done=False,
                    record={"perturbed_train_accuracy": None, "clean_train_accuracy": None}, surrogate_digest=None)

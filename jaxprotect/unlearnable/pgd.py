@@ -2,32 +2,85 @@
 over a whole on-device training set (sample-wise and class-wise).
 
 Pixel values are in [0, 1]; ``eps`` and step sizes are in pixel units. A stored
-perturbation always satisfies ``|delta| <= eps`` and ``0 <= x + delta <= 1`` (the
-intersection of the two boxes, so no later clipping changes it).
+sample-wise perturbation of uint8 images ``u`` satisfies ``|delta| <= eps`` and
+``0 <= u / 255 + delta <= 1`` exactly -- so also in float32 or float64 arithmetic, on the
+host or on device, whichever way ``u / 255`` is rounded (``box_bounds_u8``) -- and no later
+clipping changes it.
 """
 
 from __future__ import annotations
 
+import fractions
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxprotect import losses, parallel, train
+from jaxprotect import checks, losses, parallel, train
 from jaxprotect.data.augment import augment_batch
 from jaxprotect.data.device import DeviceSplit
+from jaxprotect.models.contract import Model, as_model, features_of
 
-# objective(outputs, batch) -> scalar to *descend*; outputs = (logits_BxK, feats_BxD),
-# batch = {"image", "label"}. Sample-separable objectives (a sum of per-example terms)
-# give per-example gradients; batch-level ones (MI-UE) couple the examples of a batch.
-Objective = Callable[[tuple[jax.Array, jax.Array], dict[str, jax.Array]], jax.Array]
+
+class Objective(Protocol):
+  """What PGD descends: ``objective(outputs, batch) -> scalar``.
+
+  ``outputs = (logits_BxK, feats)`` as the model returns them (``feats`` None for a
+  logits-only model, see ``models.contract``); ``batch = {"image": x_BxHxWxC + delta,
+  "label": labels_B}``. A sample-separable objective (a sum of per-example terms, e.g.
+  ``error_minimizing_objective``) gives each example its own gradient; a batch-level one
+  (``mi_ue_objective``) couples the examples of a batch.
+  """
+
+  def __call__(self, outputs: tuple[jax.Array, Any], batch: dict[str, jax.Array]) -> jax.Array:
+    ...
+
+
+def _float32_toward(value: fractions.Fraction, up: bool) -> np.float32:
+  """The float32 nearest to ``value`` on the side ``up`` (>=) or down (<=)."""
+  f = np.float32(float(value))
+  if up and fractions.Fraction(float(f)) < value:
+    f = np.nextafter(f, np.float32(np.inf))
+  if not up and fractions.Fraction(float(f)) > value:
+    f = np.nextafter(f, np.float32(-np.inf))
+  return np.float32(f)
+
+
+# For each uint8 value u: the float32 bounds of delta with 0 <= u / 255 + delta <= 1 exactly.
+_LOWER_U8 = np.array([_float32_toward(fractions.Fraction(-u, 255), up=True) for u in range(256)], np.float32)
+_UPPER_U8 = np.array([_float32_toward(1 - fractions.Fraction(u, 255), up=False) for u in range(256)], np.float32)
+
+
+def box_bounds_u8(images_u8: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(lower, upper)``, float32 of the images' shape: the widest float32 perturbation range
+  with ``0 <= u / 255 + delta <= 1`` in exact arithmetic for the uint8 images ``u``. Rounded
+  inwards, so the box also holds for ``u / 255`` rounded either way in float32 or float64."""
+  if jnp.dtype(images_u8.dtype) != jnp.uint8:
+    raise ValueError(f"images_u8: expected uint8 images, got dtype {images_u8.dtype}")
+  idx = images_u8.astype(jnp.int32)
+  return jnp.asarray(_LOWER_U8)[idx], jnp.asarray(_UPPER_U8)[idx]
 
 
 def project(delta: jax.Array, x: jax.Array, eps: float | jax.Array) -> jax.Array:
-  """The perturbation nearest to ``delta`` with ``|delta| <= eps`` and ``x + delta`` in [0, 1]."""
+  """The perturbation nearest to ``delta`` with ``|delta| <= eps`` and ``x + delta`` in [0, 1].
+
+  ``delta`` and ``x``: float, same shape (or broadcastable); ``eps >= 0`` (checked at once
+  when concrete, under ``checks.value_checks`` when traced).
+  """
+  checks.check_nonnegative(eps, "eps")
   return jnp.clip(delta, jnp.maximum(-eps, -x), jnp.minimum(eps, 1.0 - x))
+
+
+def project_u8(delta: jax.Array, images_u8: jax.Array, eps: float | jax.Array) -> jax.Array:
+  """``project`` for uint8 images: ``|delta| <= eps`` and ``0 <= u / 255 + delta <= 1``
+  exactly (``box_bounds_u8``)."""
+  checks.check_nonnegative(eps, "eps")
+  lower, upper = box_bounds_u8(images_u8)
+  return jnp.clip(delta, jnp.maximum(-eps, lower), jnp.minimum(eps, upper))
 
 
 def sign_descent(delta: jax.Array, grad: jax.Array, x: jax.Array, eps, alpha) -> jax.Array:
@@ -45,34 +98,58 @@ def error_minimizing_objective() -> Objective:
 
 
 def mi_ue_objective(temperature: float = 0.1, exclude_self: bool = False, zeta: float = 0.0) -> Objective:
-  """``losses.mi_ue_loss`` on the penultimate features (MI-UE): intra-class feature collapse."""
+  """The batch mean of ``losses.mi_ue_loss`` on the model's features (MI-UE): intra-class
+  feature collapse. Needs a model that returns ``(logits, features)``."""
 
   def objective(outputs, batch):
-    return losses.mi_ue_loss(outputs[1], batch["label"], temperature=temperature, exclude_self=exclude_self, zeta=zeta)
+    feats = features_of(outputs, "mi_ue_objective")
+    return jnp.mean(losses.mi_ue_loss(feats, batch["label"], temperature=temperature, exclude_self=exclude_self,
+                                      zeta=zeta))
 
   return objective
 
 
-def default_unroll() -> bool:
-  """Unroll the PGD steps on CPU: XLA:CPU runs a ResNet's convolution gradients inside a
-  while loop about 5x slower than unrolled (measured: ResNet-18 width 16, batch 64, 4
-  steps, 2 cores, jax 0.10.2); on accelerators a loop keeps compiles short."""
-  return jax.default_backend() == "cpu"
+def default_unroll(mesh: Mesh | None = None) -> bool:
+  """Unroll the PGD steps on CPU (``mesh``'s platform, else the default backend): XLA:CPU
+  runs a ResNet's convolution gradients inside a while loop about 5x slower than unrolled
+  (BENCHMARKS.md); on accelerators a loop keeps compiles short."""
+  return train.platform_of(mesh) == "cpu"
 
 
-def make_batch_pgd(model: nn.Module, objective: Objective, num_steps: int, unroll: bool | None = None) -> Callable:
-  """``pgd(variables, x_B, y_B, delta_B, eps, alpha, x_also=None) -> delta_B``: ``num_steps``
-  sign steps descending ``objective`` with the model in eval mode (BatchNorm running
-  statistics). ``x_also`` (optional): other images the perturbation must stay valid for
-  (``x_also + delta`` in [0, 1] too), e.g. the unaugmented images when ``x`` is an
-  augmented view of them. ``unroll`` (default ``default_unroll()``) writes the steps out
-  instead of a ``fori_loop``."""
-  unroll = default_unroll() if unroll is None else unroll
+def make_batch_pgd(model: nn.Module | Model, objective: Objective, num_steps: int, unroll: bool | None = None,
+                   mesh: Mesh | None = None) -> Callable:
+  """``pgd(variables, x_BxHxWxC, y_B, delta_BxHxWxC, eps, alpha, x_also=None) -> delta``:
+  ``num_steps`` (>= 1) sign steps descending ``objective`` with the model in eval mode
+  (BatchNorm running statistics).
+
+  ``x``: float images in [0, 1]; ``y``: int labels; ``delta``: float, ``x``'s shape;
+  ``eps``, ``alpha`` >= 0 (pixel units). ``x_also`` (optional): other images the
+  perturbation must stay valid for (``x_also + delta`` in [0, 1] too), e.g. the
+  unaugmented images when ``x`` is an augmented view of them. ``unroll`` (default
+  ``default_unroll(mesh)``) writes the steps out instead of a ``fori_loop``. Shapes and
+  dtypes are checked when traced; pixel ranges and signs when concrete, or under
+  ``checks.value_checks``.
+  """
+  model = as_model(model)
+  checks.check_positive_int(num_steps, "num_steps")
+  unroll = default_unroll(mesh) if unroll is None else unroll
 
   def grad_fn(variables, x, y, d):
     return jax.grad(lambda d: objective(model.apply(variables, x + d, train=False), {"image": x + d, "label": y}))(d)
 
+  def check(x, y, d, eps, alpha):
+    checks.check_shape(x, "x", ndim=4)
+    checks.check_floating(x, "x")
+    if np.shape(x)[0] < 1:
+      raise ValueError("x: expected a non-empty batch, got 0 images")
+    checks.check_shape(y, "y", shape=(np.shape(x)[0],))
+    checks.check_shape(d, "delta", shape=np.shape(x))
+    checks.check_range(x, 0.0, 1.0, "x")
+    checks.check_nonnegative(eps, "eps")
+    checks.check_nonnegative(alpha, "alpha")
+
   def pgd(variables, x, y, d, eps, alpha, x_also=None):
+    check(x, y, d, eps, alpha)
     def body(_, d):
       d = sign_descent(d, grad_fn(variables, x, y, d), x, eps, alpha)
       # Both boxes contain 0, so clipping to one and then the other is clipping to their intersection.
@@ -97,93 +174,114 @@ def pass_rows(num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]
   return pos, mask
 
 
-def make_samplewise_pass(model: nn.Module, objective: Objective, mesh: Mesh, batch_size: int, num_steps: int,
-                         loop: str | None = None, unroll: bool | None = None) -> Callable:
+def _check_pass_args(split: DeviceSplit, eps: Any, alpha: Any) -> None:
+  if jnp.dtype(split.images.dtype) != jnp.uint8:
+    raise ValueError(f"split.images: expected uint8 images, got dtype {split.images.dtype}")
+  checks.check_nonnegative(eps, "eps")
+  checks.check_nonnegative(alpha, "alpha")
+
+
+def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: Mesh, batch_size: int,
+                         num_steps: int, loop: str | None = None, unroll: bool | None = None) -> Callable:
   """``run(variables, split, eps, alpha, key=None) -> delta_NxHxWxC``: ``num_steps`` PGD
   steps on every batch of the training set (in order), starting from ``split.delta``.
+
+  ``split``: a ``DeviceSplit`` with a sample-wise perturbation (``delta_mode="sample"``);
+  ``eps``, ``alpha`` >= 0 (pixel units); the result satisfies the box guarantee of the
+  module docstring for the split's uint8 images.
 
   A split with ``clean_augment`` (MI-UE's post-augmentation crafting) descends the
   objective on augmented clean images plus the unmoved perturbation; batch ``r`` draws its
   augmentation from ``fold_in(key, r)``, and the perturbation stays valid for the
   unaugmented images as well.
 
-  ``loop="scan"``: the whole pass is one jitted program; ``"host"``: one jitted call per
-  batch, dispatched from Python (the data never leaves the device either way). Default:
-  ``train.default_loop()`` (host on CPU, where XLA runs the scan's body slowly).
+  ``loop="scan"``: the whole pass is one program, and ``run`` is that ``jax.jit`` function
+  (``run.lower(...)`` compiles it ahead of time); ``"host"``: one jitted call per batch,
+  dispatched from Python (``run.jitted`` is the per-batch program; the data never leaves
+  the device either way). Default: ``train.default_loop(mesh)`` (host on CPU).
   """
-  loop = loop or train.default_loop()
-  if num_steps < 1:
-    raise ValueError(f"PGD steps must be >= 1, got {num_steps}")
+  model = as_model(model)
+  loop = loop or train.default_loop(mesh)
+  checks.check_positive_int(num_steps, "num_steps")
+  checks.check_batch_size(batch_size, "batch_size")
   parallel.check_divisible(batch_size, mesh, "PGD batch_size")
-  pgd = make_batch_pgd(model, objective, num_steps, unroll)
+  pgd = make_batch_pgd(model, objective, num_steps, unroll, mesh=mesh)
   rows = NamedSharding(mesh, P(parallel.DATA_AXIS))
 
   def update(variables, split: DeviceSplit, delta, pos_B, mask_B, row, key, eps, alpha):
     pos_B = jax.lax.with_sharding_constraint(pos_B, rows)
-    x = split.images[pos_B].astype(jnp.float32) / 255.0
+    u8 = split.images[pos_B]
+    x = u8.astype(jnp.float32) / 255.0
     d = delta[pos_B]
     x_seen, x_also = x, None
     if split.clean_augment.enabled:  # the model sees the augmented view; delta stays valid for both
       x_seen, x_also = augment_batch(jax.random.fold_in(key, row), x, split.clean_augment), x
-    new = pgd(variables, x_seen, split.labels[pos_B], d, eps, alpha, x_also=x_also)
+    new = project_u8(pgd(variables, x_seen, split.labels[pos_B], d, eps, alpha, x_also=x_also), u8, eps)
     new = jnp.where(mask_B[:, None, None, None], new, d)
     return delta.at[pos_B].set(new)
 
-  def check(split, key):
+  def check(split, key, eps, alpha):
     if split.delta_mode != "sample":
-      raise ValueError("the sample-wise pass needs a split with a sample-wise perturbation")
+      raise ValueError("split: the sample-wise pass needs a split with a sample-wise perturbation "
+                       f"(delta_mode='sample'), got {split.delta_mode!r}")
     if split.size < batch_size:
-      raise ValueError(f"PGD batch_size={batch_size} exceeds the {split.size} training examples")
+      raise ValueError(f"batch_size={batch_size} exceeds the {split.size} training examples of split")
     if key is None and split.clean_augment.enabled:
-      raise ValueError("a split with clean_augment needs a key for the sample-wise pass")
+      raise ValueError("key: a split with clean_augment needs a key for the sample-wise pass")
+    _check_pass_args(split, eps, alpha)
     return pass_rows(split.size, batch_size)
 
   if loop == "scan":
 
     @jax.jit
-    def run_jit(variables, split, pos, mask, key, eps, alpha):
+    def run(variables, split, eps, alpha, key=None):
+      pos, mask = check(split, key, eps, alpha)
+
       def body(delta, pmr):
         return update(variables, split, delta, *pmr, key, eps, alpha), None
 
       return jax.lax.scan(body, split.delta, (pos, mask, jnp.arange(pos.shape[0], dtype=jnp.int32)))[0]
 
-    def run(variables, split, eps, alpha, key=None):
-      pos, mask = check(split, key)
-      return run_jit(variables, split, pos, mask, key, eps, alpha)
-
-    run.jitted = run_jit
     return run
   if loop != "host":
     raise ValueError(f"loop must be 'scan' or 'host', got {loop!r}")
+  sync = parallel.sync_each_step(mesh)
   # Row i is selected inside jit (a traced index): one program for every row.
   update_jit = jax.jit(lambda v, s, d, pos, mask, i, key, eps, alpha: update(v, s, d, pos[i], mask[i], i, key, eps,
                                                                                alpha),
                        donate_argnums=(2,))
 
   def run_host(variables, split, eps, alpha, key=None):
-    pos, mask = check(split, key)
+    pos, mask = check(split, key, eps, alpha)
     delta = jnp.copy(split.delta)
     for i in range(pos.shape[0]):
       delta = update_jit(variables, split, delta, pos, mask, jnp.int32(i), key, eps, alpha)
+      if sync:
+        jax.block_until_ready(delta)
     return delta
 
   run_host.jitted = update_jit
   return run_host
 
 
-def make_classwise_pass(model: nn.Module, objective: Objective, mesh: Mesh, batch_size: int, num_steps: int,
-                        num_classes: int, loop: str | None = None, unroll: bool | None = None) -> Callable:
+def make_classwise_pass(model: nn.Module | Model, objective: Objective, mesh: Mesh, batch_size: int,
+                        num_steps: int, num_classes: int, loop: str | None = None,
+                        unroll: bool | None = None) -> Callable:
   """``run(variables, split, positions, eps, alpha) -> delta_KxHxWxC`` for class-wise noise.
 
   For each batch of ``positions`` (R x B, e.g. a fixed 20% subset): ``num_steps`` PGD steps
   per example starting from its class's noise; then each class present in the batch
   takes the mean of its examples' perturbations, clipped to ``eps`` (Huang et al.'s
   class-wise rule). Classes absent from a batch keep their noise. ``loop`` as in
-  ``make_samplewise_pass``.
+  ``make_samplewise_pass`` (the scan form is itself a ``jax.jit`` function).
   """
-  loop = loop or train.default_loop()
+  model = as_model(model)
+  loop = loop or train.default_loop(mesh)
+  checks.check_positive_int(num_steps, "num_steps")
+  checks.check_batch_size(batch_size, "batch_size")
+  checks.check_positive_int(num_classes, "num_classes", minimum=2)
   parallel.check_divisible(batch_size, mesh, "PGD batch_size")
-  pgd = make_batch_pgd(model, objective, num_steps, unroll)
+  pgd = make_batch_pgd(model, objective, num_steps, unroll, mesh=mesh)
   rows = NamedSharding(mesh, P(parallel.DATA_AXIS))
 
   def update(variables, split: DeviceSplit, delta_K, pos_B, eps, alpha):
@@ -197,22 +295,33 @@ def make_classwise_pass(model: nn.Module, objective: Objective, mesh: Mesh, batc
     mean = jnp.einsum("bk,bhwc->khwc", onehot, new) / jnp.maximum(count, 1.0)[:, None, None, None]
     return jnp.where((count > 0)[:, None, None, None], jnp.clip(mean, -eps, eps), delta_K)
 
+  def check(split, positions, eps, alpha):
+    if split.delta_mode != "class":
+      raise ValueError("split: the class-wise pass needs a split with a class-wise perturbation "
+                       f"(delta_mode='class'), got {split.delta_mode!r}")
+    checks.check_shape(positions, "positions", shape=(None, batch_size))
+    _check_pass_args(split, eps, alpha)
+
   if loop == "scan":
 
     @jax.jit
     def run(variables, split, positions, eps, alpha):
+      check(split, positions, eps, alpha)
       return jax.lax.scan(lambda d, p: (update(variables, split, d, p, eps, alpha), None), split.delta, positions)[0]
 
-    run.jitted = run
     return run
   if loop != "host":
     raise ValueError(f"loop must be 'scan' or 'host', got {loop!r}")
+  sync = parallel.sync_each_step(mesh)
   update_jit = jax.jit(lambda v, s, d, positions, i, eps, alpha: update(v, s, d, positions[i], eps, alpha))
 
   def run_host(variables, split, positions, eps, alpha):
+    check(split, positions, eps, alpha)
     delta = split.delta
     for i in range(positions.shape[0]):
       delta = update_jit(variables, split, delta, positions, jnp.int32(i), eps, alpha)
+      if sync:
+        jax.block_until_ready(delta)
     return delta
 
   run_host.jitted = update_jit
@@ -220,15 +329,18 @@ def make_classwise_pass(model: nn.Module, objective: Objective, mesh: Mesh, batc
 
 
 def init_delta(key: jax.Array, shape: tuple[int, ...], eps: float, images_u8: jax.Array | None = None) -> jax.Array:
-  """Uniform noise in [-eps, eps] (the reference initialisation), projected so that
-  ``x + delta`` is in [0, 1] when the images (sample-wise) are given."""
+  """Uniform noise in [-eps, eps] (the reference initialisation), float32 of ``shape``;
+  with the uint8 images (sample-wise, ``shape`` = their shape) projected so that
+  ``u / 255 + delta`` is in [0, 1] (``project_u8``)."""
+  checks.check_nonnegative(eps, "eps")
   delta = jax.random.uniform(key, shape, jnp.float32, -eps, eps)
   if images_u8 is not None:
-    delta = project(delta, images_u8.astype(jnp.float32) / 255.0, eps)
+    checks.check_shape(images_u8, "images_u8", shape=tuple(shape))
+    delta = project_u8(delta, images_u8, eps)
   return delta
 
 
 __all__ = [
-    "Objective", "default_unroll", "error_minimizing_objective", "init_delta", "make_batch_pgd", "make_classwise_pass",
-    "make_samplewise_pass", "mi_ue_objective", "pass_rows", "project", "sign_descent",
+    "Objective", "box_bounds_u8", "default_unroll", "error_minimizing_objective", "init_delta", "make_batch_pgd", "make_classwise_pass",
+    "make_samplewise_pass", "mi_ue_objective", "pass_rows", "project", "project_u8", "sign_descent",
 ]

@@ -204,7 +204,9 @@ def export_npz(path: os.PathLike | str, ds: data.DeviceDataset, poison: Poison) 
 def export_png(directory: os.PathLike | str, ds: data.DeviceDataset, poison: Poison) -> pathlib.Path:
   """One PNG per protected training image: ``<directory>/<label>/<id>.png`` (the
   ImageFolder layout other tools read)."""
-  from PIL import Image
+  from jaxprotect import platform  # noqa: PLC0415
+
+  Image = platform.require("PIL.Image", "plot", "PNG export")
 
   directory = pathlib.Path(directory)
   images = poisoned_images(ds, poison)
@@ -222,13 +224,16 @@ def export_png(directory: os.PathLike | str, ds: data.DeviceDataset, poison: Poi
   return directory
 
 
-def save_preview(path: os.PathLike | str, ds: data.DeviceDataset, delta: np.ndarray, mode: str, eps: float) -> None:
+def save_preview(path: os.PathLike | str, ds: data.DeviceDataset, delta: np.ndarray, mode: str, eps: float) -> bool:
   """A 3-row grid, one column per class (its first training example): clean, the
-  perturbation mapped from [-eps, eps] to [0, 1], and the poisoned image."""
-  import matplotlib
+  perturbation mapped from [-eps, eps] to [0, 1], and the poisoned image. Without
+  matplotlib (the ``plot`` extra) nothing is drawn and a warning is logged. Returns whether
+  it wrote ``path``."""
+  from jaxprotect import platform  # noqa: PLC0415
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = platform.pyplot(f"the poison preview {path}")
+  if plt is None:
+    return False
 
   labels = np.asarray(jax.device_get(ds.train.labels))
   cols = [int(np.flatnonzero(labels == c)[0]) for c in range(ds.num_classes) if np.any(labels == c)]
@@ -247,3 +252,4 @@ def save_preview(path: os.PathLike | str, ds: data.DeviceDataset, delta: np.ndar
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+  return True

@@ -41,7 +41,7 @@ def _check_reusable(run_dir: pathlib.Path, vcfg: ml_collections.ConfigDict) -> N
     if ckpt.latest_step() is not None:
       ckpt.check_config()
   except ValueError as e:
-    raise ValueError(f"clean victim directory {run_dir}: {e} (or point --config.clean_workdir elsewhere)") from e
+    raise ValueError(f"clean victim directory {run_dir}: {e} (or point config.clean_workdir elsewhere)") from e
   finally:
     ckpt.close()
 
@@ -54,10 +54,12 @@ def _curve(workdir: pathlib.Path) -> list[dict[str, Any]]:
 
 
 def _plot_curves(path: pathlib.Path, curves: dict[str, list[dict[str, Any]]]) -> None:
-  import matplotlib
+  """Writes ``path``; without matplotlib (the ``plot`` extra), logs a warning instead."""
+  from jaxprotect import platform  # noqa: PLC0415
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = platform.pyplot(f"the victims' training curves {path}")
+  if plt is None:
+    return
 
   fig, ax = plt.subplots(figsize=(5, 3.2))
   for name, recs in curves.items():
@@ -78,7 +80,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh
   """Trains the victim on ``config.poison`` (a fraction ``config.poison_fraction`` of the
   training set poisoned) and, if ``config.evaluate_clean``, on clean data."""
   if not config.get("poison"):
-    raise ValueError("set --config.poison=<poison directory or crafting workdir>")
+    raise ValueError("config.poison: set it to a poison directory or a crafting workdir (CLI: --config.poison=DIR)")
   workdir = pathlib.Path(workdir)
   mesh = mesh or parallel.make_mesh(config.num_devices or None)
   vcfg = victim_config(config)
