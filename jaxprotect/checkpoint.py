@@ -13,6 +13,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+__all__ = [
+    "Checkpointer",
+]
+
 
 class Checkpointer:
   """Keep-last-N, async checkpoints of ``(state, meta)`` under ``directory``."""

@@ -17,6 +17,11 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+__all__ = [
+    "NON_SEMANTIC_FIELDS", "OPEN_FIELDS", "check_fields", "config_hash", "lock", "semantic_dict",
+    "train_config", "write_bytes_atomic", "write_json_atomic",
+]
+
 # Fields that do not change what a run computes: a resumed run may change them.
 NON_SEMANTIC_FIELDS = ("checkpoint", "progress", "num_devices", "data_dir", "tensorboard")
 # Sub-configs whose keys are free (keyword arguments of a model): never locked, never checked.

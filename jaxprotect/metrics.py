@@ -11,6 +11,10 @@ import numpy as np
 
 from jaxprotect import parallel
 
+__all__ = [
+    "MetricsWriter",
+]
+
 
 def _plain(v: Any) -> Any:
   a = np.asarray(v)

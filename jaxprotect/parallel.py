@@ -16,6 +16,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+__all__ = [
+    "COMPILATION_CACHE_ENV", "DATA_AXIS", "check_divisible", "data_sharded", "enable_compilation_cache",
+    "is_main_process", "make_mesh", "maybe_initialize_distributed", "num_shards", "process_slice", "put",
+    "put_process_local", "replicated", "sync_each_step",
+]
+
 DATA_AXIS = "data"
 
 _DISTRIBUTED_ENV = (

@@ -22,6 +22,10 @@ from jaxprotect import checkpoint, config as config_lib, data, models, parallel,
 from jaxprotect.data.augment import AugmentConfig
 from jaxprotect.metrics import MetricsWriter
 
+__all__ = [
+    "fit", "load_dataset", "params_digest",
+]
+
 # Fault injection for tests of resumption: the process SIGKILLs itself after the chunk
 # that reaches this step (its checkpoint save may still be in flight).
 _KILL_AT_STEP_ENV = "JAXPROTECT_KILL_AT_STEP"

@@ -22,6 +22,11 @@ from jaxprotect import config as config_lib, data, models, parallel, runner
 from jaxprotect.config import train_config
 from jaxprotect.distill import blackbox, students, teacher as teacher_lib
 
+__all__ = [
+    "ATTACK_JSON", "ATTACK_NAMES", "BASELINES", "attack_runs", "run_attacks", "student_key",
+    "student_run_config",
+]
+
 ATTACK_JSON = "attack.json"
 # attack names understood in config.attacks.names
 ATTACK_NAMES = ("ce", "ls", "kd", "dkd", "skeptical", "hard", "mse")

@@ -28,6 +28,10 @@ from jax.sharding import Mesh
 
 from jaxprotect import parallel
 
+__all__ = [
+    "BlackBoxTeacher", "OUTPUTS", "PROB_FLOOR", "teacher_hook", "teacher_outputs_as_logits",
+]
+
 OUTPUTS = ("logits", "probs")
 # probabilities below this are clipped before the log when a probability API is distilled
 PROB_FLOOR = 1e-30

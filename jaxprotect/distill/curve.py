@@ -20,6 +20,10 @@ import numpy as np
 
 from jaxprotect import config as config_lib, data, losses, parallel
 
+__all__ = [
+    "CURVE_JSON", "CURVE_PNG", "cmi_curve", "plot_cmi_curves", "temperature_grid", "write_cmi_curve",
+]
+
 CURVE_JSON = "cmi_curve.json"
 CURVE_PNG = "cmi_curve.png"
 

@@ -23,6 +23,11 @@ from jaxprotect import config as config_lib
 from jaxprotect.distill.attack import ATTACK_JSON, BASELINES
 from jaxprotect.distill.curve import CURVE_JSON, plot_cmi_curves
 
+__all__ = [
+    "CURVES_PNG", "REPORT_JSON", "REPORT_MD", "build_report", "find_attack_dirs", "to_markdown",
+    "write_report",
+]
+
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CURVES_PNG = "cmi_curves.png"

@@ -38,6 +38,10 @@ import ml_collections
 from jaxprotect import losses
 from jaxprotect.models.common import PARAM_DTYPE, global_avg_pool, outputs as cast_outputs
 
+__all__ = [
+    "AuxHead", "SkepticalStudent", "feature_groups", "head_positions", "make_attack_loss", "tapped_layers",
+]
+
 _STAGE = re.compile(r"^(stage\d+)_")
 
 

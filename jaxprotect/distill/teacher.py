@@ -36,6 +36,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxprotect import config as config_lib, data, losses, models, parallel, runner, train
 from jaxprotect.distill import blackbox
 
+__all__ = [
+    "METHODS", "TEACHER_JSON", "TEACHER_VARIABLES", "TRAIN_FIELDS", "build_model", "cmim_stateful_loss",
+    "initial_centroids", "load_teacher", "make_logits_fn", "nasty_loss", "teacher_run_config", "train_part",
+    "train_teacher",
+]
+
 METHODS = ("ce", "nasty", "cmim")
 TEACHER_JSON = "teacher.json"
 TEACHER_VARIABLES = "teacher.msgpack"

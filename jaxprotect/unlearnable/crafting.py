@@ -31,6 +31,11 @@ from jaxprotect.data.augment import AugmentConfig
 from jaxprotect.metrics import MetricsWriter
 from jaxprotect.unlearnable import pgd, poison_io
 
+__all__ = [
+    "DELTA_INITS", "METHODS", "MODES", "classwise_positions", "craft", "crafting_hash", "objective_of",
+    "step_size", "unlearnable_config", "validate", "with_dataset",
+]
+
 METHODS = ("em", "mi_ue", "random")  # "random": uniform noise, the papers' control
 MODES = ("sample", "class")
 DELTA_INITS = ("uniform", "zeros")

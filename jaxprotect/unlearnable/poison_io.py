@@ -33,6 +33,11 @@ import numpy as np
 from jaxprotect import data
 from jaxprotect.data.idx import sha256_file
 
+__all__ = [
+    "FORMAT", "MANIFEST", "Poison", "apply", "check_matches", "export_npz", "export_png", "load_poison",
+    "poisoned_images", "resolve", "save_poison", "save_preview",
+]
+
 FORMAT = "jaxprotect-poison-1"
 MANIFEST = "manifest.json"
 

@@ -21,6 +21,10 @@ import ml_collections
 from jaxprotect import checkpoint, config as config_lib, parallel, runner
 from jaxprotect.unlearnable import poison_io
 
+__all__ = [
+    "evaluate", "report_markdown", "victim_config",
+]
+
 _DATASET_FIELDS = ("dataset", "data_dir", "layout", "train_subset", "num_devices", "progress", "tensorboard")
 
 
