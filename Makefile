@@ -23,10 +23,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --durations=20 tests
 
-# The side-by-side benchmark (python -m jaxprotect.bench); PyTorch rows need the bench
-# extra (pip install -e '.[bench]'), else they are skipped. E.g. make bench BENCH_ARGS=--quick
+# The side-by-side benchmark (python -m benchmarks, from this directory: benchmarks/ is not
+# installed); it writes benchmarks/results.json and the tables of docs/BENCHMARKS.md. PyTorch
+# rows need the bench extra (pip install -e '.[bench]'), else they are skipped.
+# E.g. make bench BENCH_ARGS=--quick
 bench: $(STAMP)
-	$(PY) -m jaxprotect.bench $(BENCH_ARGS)
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,4 +1,4 @@
-"""Undistillable teachers (CMIM, Nasty, CE) and knock-off students (METHODS §4-5).
+"""Undistillable teachers (CMIM, Nasty, CE) and knock-off students (Ye et al. 2025; Ma et al., ICLR 2021).
 
   jaxprotect distill teacher --config experiments/cmim.py:<variant>[,<method>] --workdir T
   jaxprotect distill attack  --config experiments/cmim.py:<variant> --config.teacher=T --workdir A
@@ -21,7 +21,7 @@ Variants:
                       150/180/210, batch 64, crop+flip): ResNet-50 teacher -> ResNet-18 student;
                       Nasty tau 20 / omega 0.005, KD T 20, DKD alpha 1 beta 8 T 4 warm-up 20
 
-Choices where METHODS.md is silent (see jaxprotect/distill docstrings): CMI temperatures
+Choices where the papers are silent (see jaxprotect/distill docstrings): CMI temperatures
 {1, ..., 32} with T^2 weights and the mean over the grid; ``cmim.decay`` 0.99 -- the
 MCMI code's 0.9999 is meant for a pretrained model, and from scratch it would leave the
 centroids at the random initial model's near-uniform outputs for thousands of steps;

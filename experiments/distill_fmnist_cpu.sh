@@ -1,5 +1,5 @@
 #!/bin/bash
-# The reduced CPU undistillability experiment of the README (embedded 10k/2k Fashion-MNIST
+# The reduced CPU undistillability experiment of docs/results/undistillable.md (embedded 10k/2k Fashion-MNIST
 # slice): CE, Nasty and CMIM (lambda 0.2, 1, 5) small-CNN teachers (width 16, 5 epochs);
 # MLP 256-256 students (5 epochs, seeds 0 and 1) under every attack; the report.
 # Usage: bash experiments/distill_fmnist_cpu.sh [RUN_DIR]   (about 15 minutes on 2 CPU cores)

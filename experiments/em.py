@@ -1,4 +1,4 @@
-"""Error-minimizing noise (Huang et al., ICLR 2021, METHODS.md section 1):
+"""Error-minimizing noise (Huang et al., ICLR 2021):
 
   jaxprotect poison   --config experiments/em.py:<dataset>[,classwise] --workdir DIR
   jaxprotect evaluate --config experiments/em.py:<same> --config.poison=DIR --workdir DIR2

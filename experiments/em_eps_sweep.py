@@ -45,7 +45,8 @@ ROWS = {
 def row_args(size, eps, surrogate, augment, mode):
   """The ``jaxprotect poison``/``evaluate`` arguments of a row (later ``--config.*`` flags
   override these: the test suite's victim-effect test extends row J this way)."""
-  variant = "fashion_mnist_mini" + (",classwise" if mode == "class" else "") + (",random" if surrogate == "random" else "")
+  variant = ("fashion_mnist_mini" + (",classwise" if mode == "class" else "")
+             + (",random" if surrogate == "random" else ""))
   args = ["--config", f"{REPO / 'experiments' / 'em.py'}:{variant}",
           f"--config.train_subset={size}", "--config.num_devices=1", "--config.progress=False",
           f"--config.eps={eps}", f"--config.pgd.step_size={eps / 10}", "--config.batch_size=32",
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
   lines = ["| training images | eps | noise | victim augmentation | clean victim | poisoned victim | drop |",
            "|---|---|---|---|---|---|---|"]
   for r in rows:
-    noise = "uniform random" if r["surrogate"] == "random" else f"EM {r['mode']}-wise, {LABELS[r['surrogate']]} surrogate"
+    noise = ("uniform random" if r["surrogate"] == "random"
+             else f"EM {r['mode']}-wise, {LABELS[r['surrogate']]} surrogate")
     eps = f"{r['eps']:.2g}" if r["eps"] >= 0.2 else f"{round(255 * r['eps'])}/255"
     lines.append(f"| {r['train_images']:,} | {eps} | {noise} | {r['victim_augment']} | {100 * r['clean']:.2f}% | "
                  f"{100 * r['poisoned']:.2f}% | {100 * (r['clean'] - r['poisoned']):.1f} |")

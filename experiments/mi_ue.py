@@ -1,4 +1,4 @@
-"""MI-UE (intra-class feature collapse, METHODS.md section 2):
+"""MI-UE (intra-class feature collapse; Zhu et al., ICLR 2026):
 
   jaxprotect poison   --config experiments/mi_ue.py:<dataset> --workdir DIR
   jaxprotect evaluate --config experiments/mi_ue.py:<same> --config.poison=DIR --workdir DIR2

@@ -55,7 +55,8 @@ class Checkpointer:
     if meta.get("config_hash") != self.config_hash:
       raise ValueError(
           f"checkpoint {self.directory} step {step} was written with config hash {meta.get('config_hash')}, "
-          f"but this run's config hashes to {self.config_hash}; use another run directory (workdir) or the original config"
+          f"but this run's config hashes to {self.config_hash}; use another run directory (workdir) or the "
+          "original config"
       )
     return meta
 

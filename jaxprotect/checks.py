@@ -90,7 +90,7 @@ def check_shape(x: Any, name: str, ndim: int | None = None, shape: tuple[int | N
     _fail(name, f"a {ndim}-D array", f"shape {s}")
   if shape is not None:
     if len(s) != len(shape) or any(w is not None and w != g for w, g in zip(shape, s)):
-      want = "(" + ", ".join("any" if w is None else str(w) for w in shape) + ")"
+      want = "(" + ", ".join("any" if w is None else str(w) for w in shape) + ("," if len(shape) == 1 else "") + ")"
       _fail(name, f"shape {want}", f"shape {s}")
 
 

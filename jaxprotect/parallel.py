@@ -18,8 +18,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 __all__ = [
     "COMPILATION_CACHE_ENV", "DATA_AXIS", "check_divisible", "data_sharded", "enable_compilation_cache",
-    "is_main_process", "make_mesh", "maybe_initialize_distributed", "num_shards", "process_slice", "put",
-    "put_process_local", "replicated", "sync_each_step",
+    "is_main_process", "make_mesh", "mesh_from_config", "maybe_initialize_distributed", "num_shards",
+    "process_slice", "put", "put_process_local", "replicated", "sync_each_step",
 ]
 
 DATA_AXIS = "data"
@@ -103,6 +103,13 @@ def make_mesh(num_devices: int | None = None, devices: Sequence[Any] | None = No
   )
 
 
+def mesh_from_config(config: Any, mesh: Mesh | None = None) -> Mesh:
+  """``mesh`` if given, else a ``data`` mesh over ``config.num_devices`` devices (0: all)."""
+  if mesh is not None:
+    return mesh
+  return make_mesh(config.get("num_devices") or None)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   """Sharding of arrays held whole on every device (parameters, optimiser state)."""
   return NamedSharding(mesh, P())
@@ -129,7 +136,7 @@ def sync_each_step(mesh: Mesh) -> bool:
   several CPU devices in one process (simulated devices), whose collectives share one
   thread pool and can starve each other's rendezvous when many programs are in flight.
   Waiting costs nothing there (the host is the device); elsewhere programs run ahead."""
-  return mesh.devices.flat[0].platform == "cpu" and mesh.devices.size > 1
+  return mesh.devices.flat[0].platform == "cpu" and mesh.devices.size > 1  # see platform.is_cpu
 
 
 def put(tree: Any, sharding: NamedSharding) -> Any:

@@ -2,7 +2,7 @@
 
 ``import jaxprotect`` (or any of its modules) changes nothing in the process: no
 environment variable, no JAX option. The set-up below is applied only by the entry points
--- the ``jaxprotect`` command (``jaxprotect.cli.main``), ``python -m jaxprotect.bench``
+-- the ``jaxprotect`` command (``jaxprotect.cli.main``), ``python -m benchmarks``
 and the test suite (``tests/conftest.py``) -- and by your own code if you ask for it.
 
 XLA:CPU flags
@@ -22,13 +22,26 @@ They affect only the CPU backend, and child processes inherit them with the envi
 * jaxlib 0.10: ``--xla_cpu_experimental_ynn_fusion_type=`` (no YNNPACK fusions). With its
   default, XLA:CPU sends convolutions to YNNPACK behind layout transposes; without,
   a ResNet-18 training step ran 1.17x and a PGD step 1.32x faster on 2 cores
-  (BENCHMARKS.md, "XLA:CPU flags").
+  (docs/BENCHMARKS.md, "XLA:CPU: what the time goes to", YNNPACK fusions).
 
 The same switch, ``JAXPROTECT_XLA_CPU_DEFAULTS=0`` (``cpu_defaults_enabled()``), also
-turns off the CPU-only patch product that ``models.common.conv_general_dilated`` uses for
-convolutions with at most 4 input channels (image stems) and the CPU rule of
-``models.norm.BatchNorm`` (the zoo then uses ``flax.linen.BatchNorm``). Those are read
-when a model is built or traced, not on import.
+turns off the XLA:CPU forms of the ops in ``jaxprotect.ops``, the model zoo's default
+layers: the patch product of ``ops.conv_general_dilated`` for convolutions with at most 4
+input channels (image stems), the CPU rule of ``ops.BatchNorm`` (the zoo then uses
+``flax.linen.BatchNorm``) and the selects of ``ops.max_pool_2x2``. Those are read when a
+model is built or traced, not on import.
+
+CPU or accelerator
+------------------
+
+This module is where jaxprotect decides between XLA:CPU and accelerator behaviour:
+
+* ``is_cpu(mesh=None)``: whether a computation runs on XLA:CPU (the platform of ``mesh``'s
+  devices, else JAX's default backend), for choices made in Python (loop forms, say).
+  The ops of ``jaxprotect.ops`` choose when the program is lowered instead
+  (``lax.platform_dependent``), so one traced model serves every platform.
+* ``fast_init_prng()``: the context in which jaxprotect initialises parameters, the
+  non-partitionable threefry (see there).
 
 Optional extras
 ---------------
@@ -37,16 +50,21 @@ The core install is JAX, Flax, Optax, Orbax, chex, ml_collections, numpy and tqd
 Features that need more name their extra when the package is missing (``require``):
 ``tfds`` (``tensorflow-datasets``: datasets read through TFDS), ``plot`` (``matplotlib``
 and ``pillow``: poison previews, victim and CMI curves, PNG export) and ``bench``
-(``torch``: the PyTorch rows of ``python -m jaxprotect.bench``).
+(``torch``: the PyTorch rows of ``python -m benchmarks``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 from importlib import metadata
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+  from jax.sharding import Mesh
 
 # jaxlib major.minor -> XLA:CPU flags measured to help there.
 CPU_XLA_FLAGS: dict[str, tuple[str, ...]] = {"0.10": ("--xla_cpu_experimental_ynn_fusion_type=",)}
@@ -59,10 +77,36 @@ log = logging.getLogger("jaxprotect")
 
 
 def cpu_defaults_enabled() -> bool:
-  """False when ``JAXPROTECT_XLA_CPU_DEFAULTS=0``: ``apply_cpu_xla_flags`` adds nothing,
-  no CPU-only patch-product stems (``models.common.conv_general_dilated``) and flax's own
-  BatchNorm (``models.common.batch_norm``)."""
+  """False when ``JAXPROTECT_XLA_CPU_DEFAULTS=0``: ``apply_cpu_xla_flags`` adds nothing and
+  the ops of ``jaxprotect.ops`` are the plain layers (no patch-product stems in
+  ``ops.conv_general_dilated``, flax's own BatchNorm from ``models.common.default_norm``,
+  ``nn.max_pool`` in ``ops.max_pool_2x2``)."""
   return os.environ.get(CPU_DEFAULTS_ENV, "1") != "0"
+
+
+def is_cpu(mesh: Mesh | None = None) -> bool:
+  """Whether computations run on XLA:CPU: the platform of ``mesh``'s devices (a mesh over a
+  compile-only topology gives its platform without a local backend), else JAX's default
+  backend (which this initialises)."""
+  if mesh is not None:
+    return mesh.devices.flat[0].platform == "cpu"
+  import jax  # noqa: PLC0415
+
+  return jax.default_backend() == "cpu"
+
+
+def fast_init_prng() -> contextlib.AbstractContextManager:
+  """Context manager for parameter initialisation: the non-partitionable threefry.
+
+  ``with platform.fast_init_prng(): variables = jax.jit(model.init)(key, x)``. Under JAX's
+  default, the partitionable threefry, XLA:CPU compiles an init about 5x slower (ResNet-18;
+  docs/BENCHMARKS.md, "CPU gap investigation"). Partitionable random bits matter only for
+  arrays created sharded; parameters are created replicated, so nothing is lost. The values
+  differ from those under the default, but are a deterministic function of the key either way.
+  """
+  import jax  # noqa: PLC0415
+
+  return jax.threefry_partitionable(False)
 
 
 def cpu_xla_flags(jaxlib_version: str | None = None) -> tuple[str, ...]:

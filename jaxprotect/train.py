@@ -35,15 +35,15 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxprotect import checks, losses, parallel
+from jaxprotect import checks, losses, parallel, platform
 from jaxprotect.data.augment import AugmentConfig
 from jaxprotect.data.device import DeviceSplit, batch_from
 from jaxprotect.models.contract import Model, as_model, check_outputs
 
 __all__ = [
     "LossFn", "Outputs", "TrainState", "abstract_state", "ce_loss", "default_loop", "epoch_indices", "init_state",
-    "make_eval_fn", "make_optimizer", "make_schedule", "make_train_chunk", "make_train_step", "platform_of", "stateful",
-    "variables_of",
+    "make_eval_fn", "make_logits_fn", "make_optimizer", "make_schedule", "make_train_chunk", "make_train_step",
+    "stateful", "variables_of",
 ]
 
 # (logits_BxK, feats): feats are the model's features, or None for a logits-only model.
@@ -120,9 +120,8 @@ def init_state(
   _check_example(example_x)
   check_outputs(model, example_x)
   out_shardings = None if mesh is None else parallel.replicated(mesh)
-  # The non-partitionable threefry compiles an init several times faster on XLA:CPU (see
-  # models.init_variables); parameters are created replicated, so nothing is lost.
-  with jax.threefry_partitionable(False):
+  # platform.fast_init_prng: an init compiles several times faster on XLA:CPU.
+  with platform.fast_init_prng():
     return jax.jit(_init_fn(model, optimizer, extra), out_shardings=out_shardings)(key, example_x)
 
 
@@ -145,7 +144,7 @@ def abstract_state(
   check_outputs(model, example_x)
   x = jax.ShapeDtypeStruct(np.shape(example_x), example_x.dtype)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # a raw PRNGKey, as init_state's rng
-  with jax.threefry_partitionable(False):
+  with platform.fast_init_prng():
     shapes = jax.eval_shape(_init_fn(model, optimizer, extra), key, x)
   rep = parallel.replicated(mesh)
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
@@ -252,7 +251,8 @@ def _step_fn(model: Model, loss_fn: LossFn, optimizer: optax.GradientTransformat
 
     def objective(params):
       (logits, feats), new_vars = model.apply(
-          variables_of(state, params), batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key}
+          variables_of(state, params), batch["image"], train=True, mutable=["batch_stats"],
+          rngs={"dropout": dropout_key}
       )
       loss_B, new_extra = _apply_loss(loss_fn, (logits, feats), batch, state.extra)
       return jnp.mean(loss_B), (new_vars.get("batch_stats", {}), logits, new_extra)
@@ -307,18 +307,10 @@ def epoch_indices(rng: jax.Array, epoch: jax.Array, num_examples: int, batch_siz
   return jax.random.permutation(key, num_examples)[: steps * batch_size].reshape(steps, batch_size)
 
 
-def platform_of(mesh: Mesh | None = None) -> str:
-  """The platform of ``mesh``'s devices (``"cpu"``, ``"gpu"``, ``"tpu"``), else JAX's default
-  backend. A mesh over a compile-only topology gives its platform without a local backend."""
-  if mesh is not None:
-    return mesh.devices.flat[0].platform
-  return jax.default_backend()
-
-
 def default_loop(mesh: Mesh | None = None) -> str:
   """``"scan"`` on accelerators; ``"host"`` on CPU, where XLA runs convolutions inside a
-  while loop several times slower than in a plain jitted step (BENCHMARKS.md)."""
-  return "host" if platform_of(mesh) == "cpu" else "scan"
+  while loop several times slower than in a plain jitted step (docs/BENCHMARKS.md)."""
+  return "host" if platform.is_cpu(mesh) else "scan"
 
 
 def make_train_chunk(
@@ -400,27 +392,51 @@ def make_train_chunk(
   return host_chunk
 
 
+def _split_scan(model: nn.Module | Model, mesh: Mesh, batch_size: int) -> Callable:
+  """The padded evaluation-mode pass over a whole split that ``make_eval_fn`` and
+  ``make_logits_fn`` share: ``scan(variables, split, body, init) -> (carry, outs_S)``, to
+  call inside jit.
+
+  The split's ``N`` examples go through ``model`` (``train=False``) in ``S = ceil(N / B)``
+  batches of ``batch_size`` positions, split along the mesh's ``data`` axis; the last batch is
+  padded with copies of the last example. ``body(carry, logits_BxK, labels_B, mask_B) ->
+  (carry, out)`` is the ``lax.scan`` body, with ``mask_B`` 1.0 for real examples and 0.0 for
+  the padding.
+  """
+  model = as_model(model)
+  checks.check_batch_size(batch_size)
+  parallel.check_divisible(batch_size, mesh, "eval batch_size")
+  batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
+
+  def scan(variables: dict[str, Any], split: DeviceSplit, body: Callable, init: Any):
+    n = split.size
+    steps = -(-n // batch_size)
+    pos_SxB = jnp.arange(steps * batch_size).reshape(steps, batch_size)
+
+    def step(carry, pos_B):
+      pos_B = jax.lax.with_sharding_constraint(pos_B, batch_sharding)
+      mask_B = (pos_B < n).astype(jnp.float32)
+      x, y = split.gather(jnp.minimum(pos_B, n - 1))
+      logits_BxK, _ = model.apply(variables, x, train=False)
+      return body(carry, logits_BxK, y, mask_B)
+
+    return jax.lax.scan(step, init, pos_SxB)
+
+  return scan
+
+
 def make_eval_fn(model: nn.Module | Model, mesh: Mesh, batch_size: int, num_classes: int):
   """``evaluate(state, split) -> metrics``: loss, accuracy and per-class counts over a
   whole split (no augmentation, no perturbation is applied unless the split has one),
   as one jitted scan; the last batch is padded and masked."""
-  model = as_model(model)
-  checks.check_batch_size(batch_size)
+  scan = _split_scan(model, mesh, batch_size)
   checks.check_positive_int(num_classes, "num_classes", minimum=2)
-  parallel.check_divisible(batch_size, mesh, "eval batch_size")
-  batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
   def evaluate(state: TrainState, split: DeviceSplit):
     n = split.size
-    steps = -(-n // batch_size)
-    pos = jnp.arange(steps * batch_size).reshape(steps, batch_size)
 
-    def body(acc, pos_B):
-      pos_B = jax.lax.with_sharding_constraint(pos_B, batch_sharding)
-      mask = (pos_B < n).astype(jnp.float32)
-      x, y = split.gather(jnp.minimum(pos_B, n - 1))
-      logits, _ = model.apply(variables_of(state), x, train=False)
+    def body(acc, logits, y, mask):
       loss = losses.cross_entropy(logits, y) * mask
       correct = losses.accuracy(logits, y) * mask
       onehot = jax.nn.one_hot(y, num_classes) * mask[:, None]
@@ -432,8 +448,9 @@ def make_eval_fn(model: nn.Module | Model, mesh: Mesh, batch_size: int, num_clas
       }
       return acc, None
 
-    zeros = {"loss": 0.0, "correct": 0.0, "class_correct": jnp.zeros(num_classes), "class_count": jnp.zeros(num_classes)}
-    tot, _ = jax.lax.scan(body, zeros, pos)
+    zeros = {"loss": 0.0, "correct": 0.0, "class_correct": jnp.zeros(num_classes),
+             "class_count": jnp.zeros(num_classes)}
+    tot, _ = scan(variables_of(state), split, body, zeros)
     return {
         "loss": tot["loss"] / n,
         "accuracy": tot["correct"] / n,
@@ -441,3 +458,23 @@ def make_eval_fn(model: nn.Module | Model, mesh: Mesh, batch_size: int, num_clas
     }
 
   return evaluate
+
+
+def make_logits_fn(model: nn.Module | Model, mesh: Mesh, batch_size: int):
+  """``logits_fn(variables, split) -> logits_NxK`` (float32, replicated) over a whole split in
+  evaluation mode, as one jitted scan; the last batch is padded and the padding dropped.
+
+  ``variables`` are the model's (``variables_of(state)``, or a loaded teacher's); used for
+  full-pass CMIM centroids and the CMI curve (``jaxprotect.distill``).
+  """
+  scan = _split_scan(model, mesh, batch_size)
+
+  @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+  def logits_fn(variables: dict[str, Any], split: DeviceSplit):
+    def body(carry, logits_BxK, *_):  # labels and mask unused: the padding rows are sliced off below
+      return carry, logits_BxK.astype(jnp.float32)
+
+    _, logits_SxBxK = scan(variables, split, body, None)
+    return logits_SxBxK.reshape(-1, logits_SxBxK.shape[-1])[:split.size]
+
+  return logits_fn

@@ -1,5 +1,6 @@
-"""The side-by-side benchmark: the command end to end at the tiny size, its outputs, the
-Markdown section replacement, the no-PyTorch path, and no recompilation of the step."""
+"""The side-by-side benchmark (``benchmarks/`` at the repository root, not installed): the
+command end to end at the tiny size, its outputs, the Markdown section replacement, the
+no-PyTorch path, and no recompilation of the step."""
 
 import importlib.util
 import json
@@ -10,10 +11,13 @@ import sys
 import jax
 import pytest
 
-from jaxprotect import models
-from jaxprotect.bench import cli, common, flops, jax_impl, report, suite
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # ``benchmarks`` is not installed: it imports from the repository root
+  sys.path.insert(0, REPO)
+
+from benchmarks import cli, common, flops, jax_impl, report, suite  # noqa: E402
+from jaxprotect import models  # noqa: E402
+
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 ROW_FIELDS = {"workload", "implementation", "mode", "device", "value", "unit", "ratio_vs"}
 
@@ -30,17 +34,18 @@ def _single_device_env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_bench_command_tiny_end_to_end(tmp_path):
-  """``python -m jaxprotect.bench --tiny`` runs every workload on jax and both PyTorch
-  modes, writes the JSON rows and the Markdown section, keeps the rest of the Markdown
-  file, and says what it skipped: without torch (no bench extra) the PyTorch rows it was
-  asked for."""
+  """``python -m benchmarks --tiny``, run from the repository root, runs every workload on
+  jax and both PyTorch modes, writes the JSON rows and the Markdown section, keeps the rest
+  of the Markdown file, and says what it skipped: without torch (no bench extra) the
+  PyTorch rows it was asked for."""
   md = tmp_path / "BENCHMARKS.md"
   md.write_text("# Benchmarks\n\nHand-written intro.\n\n<!-- bench:cpu:start -->\nold table\n<!-- bench:cpu:end -->\n\n"
                 "## Notes\n\nHand-written notes.\n")
   out_json = tmp_path / "results.json"
   impls = "jax,torch_eager,torch_tuned"  # also without torch: its rows are then skipped, and the skip recorded
-  cmd = [sys.executable, "-m", "jaxprotect.bench", "--tiny", "--impl", impls, "--out-json", str(out_json),
+  cmd = [sys.executable, "-m", "benchmarks", "--tiny", "--impl", impls, "--out-json", str(out_json),
          "--out-md", str(md), "--profile", str(tmp_path / "profiles"), "--peak-tflops", "0.001"]
+  # cwd: the repository root, where ``python -m benchmarks`` finds the (uninstalled) package
   proc = subprocess.run(cmd, cwd=REPO, env=_single_device_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "| workload | unit |" in proc.stdout
@@ -51,7 +56,7 @@ def test_bench_command_tiny_end_to_end(tmp_path):
   for key in ("date", "device", "versions", "command", "load_average_before", "load_average_after"):
     assert key in meta, key
   assert meta["versions"]["jax"] == jax.__version__
-  assert "--tiny" in meta["command"] and "jaxprotect.bench" in meta["command"]
+  assert "--tiny" in meta["command"] and "-m benchmarks" in meta["command"]
   workloads = set(suite.WORKLOADS) if jax_impl.cmim_available() else set(suite.WORKLOADS) - {"cmim_step"}
   assert {r["workload"] for r in rows} == workloads
   for r in rows:
@@ -179,7 +184,7 @@ def _fake_rows(platform_value: float):
 def test_markdown_sections_per_platform(tmp_path):
   md = tmp_path / "B.md"
   md.write_text("# Benchmarks\n\nIntro.\n")
-  meta = {"platform": "cpu", "size": "quick", "command": "python -m jaxprotect.bench --quick", "date": "2026-11-24",
+  meta = {"platform": "cpu", "size": "quick", "command": "python -m benchmarks --quick", "date": "2026-11-24",
           "device": "cpu", "versions": {"jax": "x"}, "size_description": "Size."}
   report.write_markdown(md, report.markdown_section(meta, _fake_rows(100.0)), "cpu")
   report.write_markdown(md, report.markdown_section({**meta, "platform": "gpu"}, _fake_rows(900.0)), "gpu")
@@ -209,8 +214,9 @@ def test_speed_ratio_direction():
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed (the bench extra)")
 @pytest.mark.parametrize("name,width", [("resnet18", None), ("resnet18", 16), ("small_cnn", None)])
 def test_torch_twins_have_the_same_parameter_count(name, width):
-  from jaxprotect.bench import torch_models
+  from benchmarks import torch_models  # noqa: PLC0415
 
   flax_model = models.get(name, 10, **({} if width is None else {"width": width}))
-  shapes = jax.eval_shape(lambda x: flax_model.init(jax.random.key(0), x), jax.ShapeDtypeStruct((1, 32, 32, 3), "float32"))
+  shapes = jax.eval_shape(lambda x: flax_model.init(jax.random.key(0), x),
+                          jax.ShapeDtypeStruct((1, 32, 32, 3), "float32"))
   assert torch_models.count_params(torch_models.get(name, 10, width=width)) == models.count_params(shapes["params"])

@@ -26,9 +26,9 @@ TRAIN_ARGS = [
 
 def _train(workdir, kill_at=None, extra=()):
   env = dict(os.environ)
-  env.pop("JAXPROTECT_KILL_AT_STEP", None)
+  env.pop("JAXPROTECT_KILL_AT", None)
   if kill_at:
-    env["JAXPROTECT_KILL_AT_STEP"] = str(kill_at)
+    env["JAXPROTECT_KILL_AT"] = str(kill_at)
   cmd = [sys.executable, "-m", "jaxprotect.cli", "train", *TRAIN_ARGS, *extra, "--workdir", str(workdir)]
   return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
 
@@ -56,7 +56,7 @@ def test_killed_run_resumes_to_bitwise_identical_parameters(tmp_path):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # the metrics log reads as one uninterrupted run: one record per chunk, steps increasing
-  steps_logged = [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  steps_logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   assert steps_logged == list(range(2, 25, 2))
 
   # resuming under a changed config is refused, and nothing is overwritten

@@ -37,7 +37,7 @@ def test_bad_dataset_is_a_clear_error(tmp_path):
 def test_model_kwargs_overrides_may_add_keys(capsys):
   """``--config.[victim.]model_kwargs.<key>=<value>`` reaches the model even where the
   config has no such key yet; values are Python literals or strings; bad paths are refused."""
-  from jaxprotect.cli import define_config_flags, parse_flags
+  from jaxprotect.flags import define_config_flags, parse_flags
 
   em = str(REPO / "experiments" / "em.py")
   fv = parse_flags(["evaluate", "--config", f"{em}:cifar10", "--config.victim.model_kwargs.width=16",

@@ -244,7 +244,7 @@ def test_cmim_teacher_resumes_after_a_kill_bitwise(tmp_path):
   killed = tmp_path / "killed"
   cmd = [sys.executable, "-m", "jaxprotect.cli", *args, f"--workdir={killed}"]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "JAXPROTECT_KILL_AT_STEP": "4"})
+                       env={**os.environ, "JAXPROTECT_KILL_AT": "4"})
   assert out.returncode == -9, out.stderr[-2000:]
   assert not (killed / "teacher.json").exists()
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -25,5 +25,5 @@ def test_small_cnn_reaches_85_percent_on_real_fashion_mnist(fmnist_dir, tmp_path
   assert results["test_accuracy"] >= 0.85, results
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["test_accuracy"] == results["test_accuracy"]
-  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert records[-1]["test_accuracy"] == pytest.approx(results["test_accuracy"])

@@ -259,7 +259,7 @@ def test_max_pool_2x2_equals_flax_max_pool_with_ties(shape):
   pooling equal flax's ``reduce_window`` max pool, odd sizes included."""
   import flax.linen as nn  # noqa: PLC0415
 
-  from jaxprotect.models.common import max_pool_2x2  # noqa: PLC0415
+  from jaxprotect.ops import max_pool_2x2  # noqa: PLC0415
 
   rng = np.random.default_rng(0)
   x = jnp.asarray(np.round(np.maximum(rng.normal(size=shape), 0) * 2) / 2, jnp.float32)  # many ties
@@ -285,7 +285,7 @@ def test_stem_conv_equals_lax_conv_in_value_and_derivatives(x_shape, k_shape, pa
   and really replaces the convolution in the compiled program."""
   from jax import lax  # noqa: PLC0415
 
-  from jaxprotect.models.common import conv_general_dilated  # noqa: PLC0415
+  from jaxprotect.ops import conv_general_dilated  # noqa: PLC0415
 
   rng = np.random.default_rng(0)
   x, w = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (x_shape, k_shape))
@@ -310,7 +310,7 @@ def test_stem_conv_equals_lax_conv_in_value_and_derivatives(x_shape, k_shape, pa
 def test_stem_conv_is_used_only_where_it_applies(monkeypatch):
   """Only few-channel stride-1 convolutions become patch products, and
   ``JAXPROTECT_XLA_CPU_DEFAULTS=0`` keeps XLA's own convolution everywhere."""
-  from jaxprotect.models.common import conv_general_dilated  # noqa: PLC0415
+  from jaxprotect.ops import conv_general_dilated  # noqa: PLC0415
 
   dn = ("NHWC", "HWIO", "NHWC")
   hlo = lambda c, stride=1: jax.jit(lambda x, w: conv_general_dilated(  # noqa: E731
@@ -326,7 +326,7 @@ def test_stem_conv_is_used_only_where_it_applies(monkeypatch):
 def _bn_pair(dtype, train):
   import flax.linen as nn  # noqa: PLC0415
 
-  from jaxprotect.models import norm  # noqa: PLC0415
+  from jaxprotect.ops import norm  # noqa: PLC0415
 
   kw = dict(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
   return norm.BatchNorm(**kw), nn.BatchNorm(**kw)
@@ -334,7 +334,7 @@ def _bn_pair(dtype, train):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_batch_norm_equals_flax_batch_norm(dtype):
-  """``models.norm.BatchNorm`` has flax's variables and agrees with ``nn.BatchNorm`` in
+  """``ops.BatchNorm`` has flax's variables and agrees with ``nn.BatchNorm`` in
   training-mode outputs, running-statistics updates, eval-mode outputs, gradients (input,
   scale, bias), JVP and a Hessian-vector product; its CPU rule really is in the program."""
   rng = np.random.default_rng(0)
@@ -343,8 +343,10 @@ def test_batch_norm_equals_flax_batch_norm(dtype):
   variables, ours_variables = (m.init(jax.random.PRNGKey(0), x) for m in (ref, ours))
   assert jax.tree.map(jnp.shape, ours_variables) == jax.tree.map(jnp.shape, variables)
   assert jax.tree.map(lambda a: a.dtype, ours_variables) == jax.tree.map(lambda a: a.dtype, variables)
-  params = {"scale": jnp.asarray(rng.normal(1, 0.3, 7), jnp.float32), "bias": jnp.asarray(rng.normal(size=7), jnp.float32)}
-  stats = {"mean": jnp.asarray(rng.normal(size=7), jnp.float32), "var": jnp.asarray(rng.uniform(0.5, 2, 7), jnp.float32)}
+  params = {"scale": jnp.asarray(rng.normal(1, 0.3, 7), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=7), jnp.float32)}
+  stats = {"mean": jnp.asarray(rng.normal(size=7), jnp.float32),
+           "var": jnp.asarray(rng.uniform(0.5, 2, 7), jnp.float32)}
   tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=1e-2, atol=1e-2)
   close = functools.partial(np.testing.assert_allclose, **tol)
 
@@ -382,7 +384,8 @@ def test_batch_norm_is_flax_batch_norm_without_cpu_defaults(monkeypatch):
   a ResNet's variable tree is the same either way (checkpoints carry over)."""
   import flax.linen as nn  # noqa: PLC0415
 
-  from jaxprotect.models import common, norm  # noqa: PLC0415
+  from jaxprotect.models import common  # noqa: PLC0415
+  from jaxprotect.ops import norm  # noqa: PLC0415
 
   assert isinstance(common.batch_norm(True, jnp.float32), norm.BatchNorm)
   model = models.get("resnet18", 10, width=4)

@@ -27,7 +27,8 @@ def _sgd():
   return train.make_optimizer(opt, steps_per_epoch=4, epochs=2)
 
 
-@pytest.mark.parametrize("name,kwargs", [("resnet18", dict(width=4, stage_sizes=(1, 1))), ("convnet", dict(width=8, depth=2))])
+@pytest.mark.parametrize("name,kwargs", [("resnet18", dict(width=4, stage_sizes=(1, 1))),
+                                         ("convnet", dict(width=8, depth=2))])
 def test_sharded_step_equals_single_device(host, name, kwargs):
   """BatchNorm statistics are over the global batch, so 8 devices compute what 1 does
   (a two-stage ResNet keeps the CPU compile short; the blocks are ResNet-18's)."""
@@ -58,7 +59,8 @@ def test_epoch_chunks_on_8_devices_equal_1_device_and_compile_once(host):
   tx = _sgd()
   aug = AugmentConfig.parse("crop2,flip")
   finals = []
-  for mesh, layout, loop in ((MESH1(), "replicated", "host"), (MESH8(), "sharded", "host"), (MESH8(), "replicated", "scan")):
+  cases = ((MESH1(), "replicated", "host"), (MESH8(), "sharded", "host"), (MESH8(), "replicated", "scan"))
+  for mesh, layout, loop in cases:
     ds = data.to_device(host, mesh, layout)
     state = train.init_state(model, tx, ds.example, jax.random.PRNGKey(1), mesh)
     # The loss is traced once per trace of the step: more than one would be a recompile.

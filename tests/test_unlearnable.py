@@ -142,7 +142,8 @@ def test_random_method_writes_uniform_noise_without_crafting(host, tmp_path, mod
 
 
 @pytest.mark.parametrize("method,mode,layout,loop", [
-    ("em", "sample", "sharded", "scan"), ("em", "class", "replicated", "host"), ("mi_ue", "sample", "replicated", "host"),
+    ("em", "sample", "sharded", "scan"), ("em", "class", "replicated", "host"),
+    ("mi_ue", "sample", "replicated", "host"),
 ])
 def test_crafting_on_8_devices_equals_1_device(host, tmp_path, method, mode, layout, loop):
   c = _tiny_config(method, mode)
@@ -240,9 +241,9 @@ CRAFT_ARGS = [
 
 def _craft(workdir, kill_at=None):
   env = dict(os.environ)
-  env.pop("JAXPROTECT_KILL_AT_ITERATION", None)
+  env.pop("JAXPROTECT_KILL_AT", None)
   if kill_at:
-    env["JAXPROTECT_KILL_AT_ITERATION"] = str(kill_at)
+    env["JAXPROTECT_KILL_AT"] = str(kill_at)
   cmd = [sys.executable, "-m", "jaxprotect.cli", "poison", *CRAFT_ARGS, "--workdir", str(workdir)]
   return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
 
@@ -287,7 +288,8 @@ def test_em_noise_is_error_minimizing_on_real_data_and_victims_are_evaluated(tmp
   assert craft["perturbed_train_accuracy"] - craft["clean_train_accuracy"] >= 0.05, craft
   assert (tmp_path / "craft" / "poison" / "preview.png").exists()
   assert (tmp_path / "craft" / "poisoned_train.npz").exists()
-  assert cli_main(["evaluate", *common, f"--config.poison={tmp_path / 'craft'}", "--workdir", str(tmp_path / "eval")]) == 0
+  poison = f"--config.poison={tmp_path / 'craft'}"
+  assert cli_main(["evaluate", *common, poison, "--workdir", str(tmp_path / "eval")]) == 0
   res = json.loads((tmp_path / "eval" / "results.json").read_text())
   assert set(res["test_accuracy"]) == {"poisoned", "clean"} and res["poison_fraction"] == 1.0
   assert len(res["curves"]["poisoned"]) == 3 and res["test_accuracy"]["clean"] > 0.4
@@ -298,7 +300,8 @@ def test_em_noise_is_error_minimizing_on_real_data_and_victims_are_evaluated(tmp
   clean_dir = tmp_path / "eval" / "clean"
   clean_log = (clean_dir / "metrics.jsonl").read_text()
   share = [f"--config.poison={tmp_path / 'craft'}", f"--config.clean_workdir={clean_dir}"]
-  assert cli_main(["evaluate", *common, *share, "--config.poison_fraction=0.5", "--workdir", str(tmp_path / "half")]) == 0
+  half = ["--config.poison_fraction=0.5", "--workdir", str(tmp_path / "half")]
+  assert cli_main(["evaluate", *common, *share, *half]) == 0
   half = json.loads((tmp_path / "half" / "results.json").read_text())
   assert half["test_accuracy"]["clean"] == res["test_accuracy"]["clean"] and half["poison_fraction"] == 0.5
   assert half["runs"]["clean"] == str(clean_dir) and not (tmp_path / "half" / "clean").exists()
@@ -311,13 +314,13 @@ def test_em_noise_is_error_minimizing_on_real_data_and_victims_are_evaluated(tmp
 def test_em_poison_costs_a_victim_40_points_and_random_noise_almost_nothing_on_real_data(tmp_path):
   """The victim effect on the 10,000 real Fashion-MNIST images of the embedded slice. At
   eps 8/255 Fashion-MNIST's classes are too far apart in pixel space for the noise to win
-  (README, "How large must eps be"), so this uses eps 0.3, the radius availability attacks
+  (docs/results/unlearnable.md, "How large must eps be"), so this uses eps 0.3, the radius availability attacks
   use on MNIST-type data. EM sample-wise noise from a small-CNN surrogate, crafted for 8
   outer iterations with the stop rule off (the surrogate passes 99% after 2; crafting on
   makes the noise cost more), costs a small-CNN victim (10 epochs, crop and flip) at least
   40 points of clean-test accuracy: measured 89.60% -> 46.80% (-42.8) here; outside the
   test session (one device) 89.30% -> 44.80%, and crafting seeds 1 and 2 gave -41.2 and
-  -39.7 (README). Uniform random noise of the same radius costs at most 8 points (3.8
+  -39.7 (docs/results/unlearnable.md). Uniform random noise of the same radius costs at most 8 points (3.8
   measured)."""
   spec = importlib.util.spec_from_file_location("em_eps_sweep", REPO / "experiments" / "em_eps_sweep.py")
   sweep = importlib.util.module_from_spec(spec)
@@ -328,7 +331,8 @@ def test_em_poison_costs_a_victim_40_points_and_random_noise_almost_nothing_on_r
   assert cli_main(["poison", *common, "--workdir", str(tmp_path / "em")]) == 0
   craft = json.loads((tmp_path / "em" / "results.json").read_text())
   assert craft["iterations"] == 8 and not craft["stopped_early"], craft  # stop_error=0: never stops early
-  assert cli_main(["evaluate", *common, f"--config.poison={tmp_path / 'em'}", "--workdir", str(tmp_path / "em_victim")]) == 0
+  poison = f"--config.poison={tmp_path / 'em'}"
+  assert cli_main(["evaluate", *common, poison, "--workdir", str(tmp_path / "em_victim")]) == 0
   victim = json.loads((tmp_path / "em_victim" / "results.json").read_text())
   assert victim["victim"]["epochs"] == 10, victim["victim"]
   em = victim["test_accuracy"]

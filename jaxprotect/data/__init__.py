@@ -25,12 +25,23 @@ def subset(host: HostDataset, n: int) -> HostDataset:
   return dataclasses.replace(host, train=train, fingerprint=fingerprint(train, host.test))
 
 
-def load(name: str = DEFAULT_DATASET, data_dir: str | None = None, mesh=None, layout: str = "replicated") -> DeviceDataset:
+def from_config(config, mesh=None) -> DeviceDataset:
+  """The dataset a config names: ``config.dataset`` from ``config.data_dir``, the first
+  ``config.train_subset`` training examples when > 0, on ``mesh`` with ``config.layout``."""
+  host = load_arrays(config.dataset, config.get("data_dir"))
+  if config.get("train_subset"):
+    host = subset(host, config.train_subset)
+  return to_device(host, mesh, config.get("layout", "replicated"))
+
+
+def load(name: str = DEFAULT_DATASET, data_dir: str | None = None, mesh=None,
+         layout: str = "replicated") -> DeviceDataset:
   """Loads a dataset by name (see ``load_arrays``) onto ``mesh`` (default: all devices)."""
   return to_device(load_arrays(name, data_dir), mesh, layout)
 
 
 __all__ = [
-    "ArraySplit", "AugmentConfig", "DEFAULT_DATASET", "DeviceDataset", "DeviceSplit", "HostDataset", "abstract_split",
-    "augment_batch", "batch_from", "check_split", "describe", "fingerprint", "load", "load_arrays", "split_to_device", "subset", "to_device",
+    "ArraySplit", "AugmentConfig", "DEFAULT_DATASET", "DeviceDataset", "DeviceSplit", "HostDataset",
+    "abstract_split", "augment_batch", "batch_from", "check_split", "describe", "fingerprint", "from_config",
+    "load", "load_arrays", "split_to_device", "subset", "to_device",
 ]

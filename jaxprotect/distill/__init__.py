@@ -1,4 +1,4 @@
-"""Undistillable models (METHODS §4-5): CMIM and Nasty teachers, knock-off students, report.
+"""Undistillable models: CMIM (Ye et al. 2025) and Nasty (Ma et al., ICLR 2021) teachers, knock-off students, report.
 
 Modules (imported lazily, as in the top-level package):
 

@@ -119,8 +119,8 @@ def run_attacks(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, 
     raise ValueError(f"teacher_output must be one of {blackbox.OUTPUTS}, got {config.teacher_output!r}")
   runs = attack_runs(config)
   t_model, t_vars, t_manifest = teacher_lib.load_teacher(config.teacher)
-  mesh = mesh or parallel.make_mesh(config.num_devices or None)
-  ds = dataset or runner.load_dataset(config, mesh)
+  mesh = parallel.mesh_from_config(config, mesh)
+  ds = dataset or data.from_config(config, mesh)
   t_ds = t_manifest["dataset"]
   if t_manifest["num_classes"] != ds.num_classes or list(t_ds["image_shape"]) != list(ds.train.image_shape):
     raise ValueError(f"teacher in {config.teacher} was trained on {t_ds.get('name')} ({t_manifest['num_classes']} "
@@ -151,7 +151,7 @@ def run_attacks(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, 
       run_dir = workdir / "runs" / run["name"] / f"seed{seed}"
       results = _finished(run_dir, rc)
       if results is None:
-        model = models.get(rc.model, ds.num_classes, dtype=rc.dtype, **rc.model_kwargs.to_dict())
+        model = models.from_config(rc, ds.num_classes)
         kw: dict[str, Any] = {"model": model}
         if run["kind"] == "skeptical":
           kw["model"] = students.SkepticalStudent(model, ds.num_classes)

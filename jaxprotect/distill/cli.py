@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from jaxprotect.cli import parse_config_command, parse_flags, require
+from jaxprotect.flags import parse_config_command, parse_flags, require
 
 USAGE = """usage: jaxprotect distill <command> [flags]
 

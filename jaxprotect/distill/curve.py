@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxprotect import config as config_lib, data, losses, parallel
+from jaxprotect import config as config_lib, data, losses, parallel, train
 
 __all__ = [
     "CURVE_JSON", "CURVE_PNG", "cmi_curve", "plot_cmi_curves", "temperature_grid", "write_cmi_curve",
@@ -56,11 +56,9 @@ def _cmi_values(logits_NxK: jax.Array, labels_N: jax.Array, temperatures_T: jax.
 def write_cmi_curve(model, variables: dict[str, Any], ds: data.DeviceDataset, workdir: os.PathLike | str,
                     curve_config: ml_collections.ConfigDict, mesh, batch_size: int) -> dict[str, Any]:
   """Computes CMI(T) on the train and test splits; writes ``cmi_curve.json`` and ``.png``."""
-  from jaxprotect.distill.teacher import make_logits_fn
-
   workdir = pathlib.Path(workdir)
   temps = temperature_grid(curve_config.t_min, curve_config.t_max, curve_config.num)
-  logits_fn = make_logits_fn(model, mesh, batch_size)
+  logits_fn = train.make_logits_fn(model, mesh, batch_size)
   variables = jax.device_put(variables, parallel.replicated(mesh))
   result: dict[str, Any] = {"temperatures": temps.tolist()}
   for name, split in (("train", ds.train), ("test", ds.test)):

@@ -1,4 +1,4 @@
-"""Knock-off students: the attack losses (METHODS §5) and the Skeptical student's heads.
+"""Knock-off students: the attack losses (KD, DKD, Skeptical, hard-label, logit matching), Skeptical heads.
 
 Every attack loss is a per-example ``loss_fn(outputs, batch) -> loss_B`` for the
 training engine; the teacher enters only as ``batch["teacher_logits"]`` (added by

@@ -21,7 +21,6 @@ update (stop-gradient).
 
 from __future__ import annotations
 
-import functools
 import json
 import pathlib
 from typing import Any
@@ -31,15 +30,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from jaxprotect import config as config_lib, data, losses, models, parallel, runner, train
-from jaxprotect.distill import blackbox
+from jaxprotect.distill import blackbox, curve
 
 __all__ = [
     "METHODS", "TEACHER_JSON", "TEACHER_VARIABLES", "TRAIN_FIELDS", "build_model", "cmim_stateful_loss",
-    "initial_centroids", "load_teacher", "make_logits_fn", "nasty_loss", "teacher_run_config", "train_part",
-    "train_teacher",
+    "initial_centroids", "load_teacher", "nasty_loss", "teacher_run_config", "train_part", "train_teacher",
 ]
 
 METHODS = ("ce", "nasty", "cmim")
@@ -97,37 +95,13 @@ def nasty_loss(temperature: float, omega: float):
 
 
 # ---------------------------------------------------------------------------------------
-# Full passes: logits of a split, centroids
+# Full passes: centroids
 # ---------------------------------------------------------------------------------------
-
-def make_logits_fn(model, mesh: Mesh, batch_size: int):
-  """``logits_fn(variables, split) -> logits_NxK`` over a whole split in evaluation mode
-  (one jitted scan; the last batch is padded and the padding dropped)."""
-  parallel.check_divisible(batch_size, mesh, "eval batch_size")
-  batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
-
-  @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
-  def logits_fn(variables, split: data.DeviceSplit):
-    n = split.size
-    steps = -(-n // batch_size)
-    pos = jnp.arange(steps * batch_size).reshape(steps, batch_size)
-
-    def body(_, pos_B):
-      pos_B = jax.lax.with_sharding_constraint(pos_B, batch_sharding)
-      x, _ = split.gather(jnp.minimum(pos_B, n - 1))
-      logits_BxK, _ = model.apply(variables, x, train=False)
-      return None, logits_BxK.astype(jnp.float32)
-
-    _, out = jax.lax.scan(body, None, pos)
-    return out.reshape(steps * batch_size, -1)[:n]
-
-  return logits_fn
-
 
 def initial_centroids(model, variables, split: data.DeviceSplit, temperatures, mesh: Mesh,
                       batch_size: int) -> jax.Array:
   """Full-pass centroids ``T x K x K`` of ``model`` with ``variables`` over ``split``."""
-  logits_NxK = make_logits_fn(model, mesh, batch_size)(variables, split)
+  logits_NxK = train.make_logits_fn(model, mesh, batch_size)(variables, split)
   centroids = losses.class_mean_centroids(logits_NxK, split.labels, jnp.asarray(temperatures, jnp.float32))
   return jax.device_put(centroids, parallel.replicated(mesh))
 
@@ -173,7 +147,7 @@ def _check_cmim(cfg: ml_collections.ConfigDict) -> None:
 # ---------------------------------------------------------------------------------------
 
 def build_model(run_config: ml_collections.ConfigDict, num_classes: int):
-  return models.get(run_config.model, num_classes, dtype=run_config.dtype, **run_config.model_kwargs.to_dict())
+  return models.from_config(run_config, num_classes)
 
 
 def train_teacher(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh: Mesh | None = None,
@@ -187,8 +161,8 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   method = config.method
   if method not in METHODS:
     raise ValueError(f"unknown teacher method {method!r}; use one of {METHODS}")
-  mesh = mesh or parallel.make_mesh(config.num_devices or None)
-  ds = dataset or runner.load_dataset(config, mesh)
+  mesh = parallel.mesh_from_config(config, mesh)
+  ds = dataset or data.from_config(config, mesh)
 
   kw: dict[str, Any] = {}
   reference_sha = None
@@ -240,8 +214,6 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     config_lib.write_bytes_atomic(workdir / TEACHER_VARIABLES, flax.serialization.msgpack_serialize(_plain(variables)))
     config_lib.write_json_atomic(workdir / TEACHER_JSON, manifest)
   if config.curve.enabled:
-    from jaxprotect.distill import curve
-
     curve.write_cmi_curve(model, variables, ds, workdir, config.curve, mesh, run_config.eval_batch_size)
   return manifest
 
@@ -258,7 +230,7 @@ def load_teacher(workdir: str | pathlib.Path):
     raise ValueError(f"{workdir} is not a finished teacher directory (no {TEACHER_JSON} / {TEACHER_VARIABLES}); "
                      "run `jaxprotect distill teacher` there first")
   manifest = json.loads(manifest_path.read_text())
-  model = models.get(manifest["model"], manifest["num_classes"], dtype=manifest["dtype"], **manifest["model_kwargs"])
+  model = models.from_config(manifest, manifest["num_classes"])
   variables = flax.serialization.msgpack_restore(vars_path.read_bytes())
   variables = jax.tree.map(lambda a: np.asarray(a, np.float32), dict(variables))
   if runner.params_digest(variables["params"]) != manifest["params_sha256"]:

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxprotect import platform
 from jaxprotect.models.contract import Model, as_model, check_outputs, features_of
 from jaxprotect.models.convnet import ConvNet
 from jaxprotect.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -32,7 +33,8 @@ from jaxprotect.models.wide_resnet import WideBlock, WideResNet
 
 __all__ = [
     "BasicBlock", "Bottleneck", "ConvNet", "MLP", "Model", "ResNet", "SmallCNN", "VGG", "WideBlock", "WideResNet",
-    "as_model", "check_outputs", "count_params", "features_of", "get", "has_batch_stats", "init_variables", "names",
+    "as_model", "check_outputs", "count_params", "features_of", "from_config", "get", "has_batch_stats",
+    "init_variables", "names",
 ]
 
 _RESNETS = {
@@ -84,18 +86,25 @@ def get(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
   return _REGISTRY[key](num_classes=int(num_classes), **kwargs)
 
 
-def init_variables(model: nn.Module, key: jax.Array, x_BxHxWxC: jax.Array) -> dict[str, Any]:
-  """``model.init(key, x, train=False)`` under ``jax.jit``, with the non-partitionable threefry.
+def from_config(config: Any, num_classes: int) -> nn.Module:
+  """The zoo model a config names: ``get(config.model, num_classes, dtype=config.dtype,
+  **config.model_kwargs)``."""
+  kwargs = config.get("model_kwargs") or {}
+  kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
+  return get(config["model"], num_classes, dtype=config.get("dtype", "float32"), **kwargs)
 
-  The partitionable threefry (JAX's default) makes XLA:CPU compile an init about 5x slower
-  (ResNet-18: ~20 s vs ~4 s on 2 cores); parameters are created replicated, so the
-  partitionable variant buys nothing here. The values therefore differ from a plain
-  ``model.init(key, x)`` but are a deterministic function of ``key``.
+
+def init_variables(model: nn.Module, key: jax.Array, x_BxHxWxC: jax.Array) -> dict[str, Any]:
+  """``model.init(key, x, train=False)`` under ``jax.jit`` and ``platform.fast_init_prng()``.
+
+  That is the non-partitionable threefry, under which XLA:CPU compiles an init several
+  times faster; the values therefore differ from a plain ``model.init(key, x)`` but are a
+  deterministic function of ``key``.
   Only the shape and dtype of ``x_BxHxWxC`` matter. Returns a plain dict with ``'params'``
   and, for BatchNorm models, ``'batch_stats'``.
   """
   model = as_model(model)
-  with jax.threefry_partitionable(False):
+  with platform.fast_init_prng():
     variables = jax.jit(functools.partial(model.init, train=False))(key, x_BxHxWxC)
   return dict(variables)
 

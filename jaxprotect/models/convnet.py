@@ -4,18 +4,22 @@
 flattened features. A 28x28 input is treated as 32x32 by padding the first convolution
 by 3 instead of 1 (as the reference code does for MNIST-like data), so the feature vector
 is ``width * 4 * 4 = 2048``-d at width 128, depth 3 for both 28x28x1 and 32x32x3.
+
+Layers are fields: ``conv`` (called as ``nn.Conv``) and ``batch_norm`` (called as
+``nn.BatchNorm``, used with ``norm="batchnorm"``), by default the XLA:CPU ops of ``jaxprotect.ops``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxprotect.models import common
 from jaxprotect.models.common import (
-    PARAM_DTYPE, batch_norm, check_num_classes, classifier, conv, outputs, torch_default_init)
+    PARAM_DTYPE, check_num_classes, classifier, default_conv, default_norm, outputs, torch_default_init)
 
 
 class ConvNet(nn.Module):
@@ -25,13 +29,15 @@ class ConvNet(nn.Module):
   ``D = width * (H' / 2**depth) * (W' / 2**depth)``, ``H' = 32`` for ``H = 28``
   (pooling stops once a spatial side is below 2).
   ``norm``: "instancenorm" (GroupNorm with one channel per group, affine; default),
-  "batchnorm" (adds ``'batch_stats'``) or "none".
+  "batchnorm" (adds ``'batch_stats'``; built by the ``batch_norm`` factory) or "none".
   """
   num_classes: int
   width: int = 128
   depth: int = 3
   norm: str = "instancenorm"
   dtype: Any = jnp.float32
+  conv: Callable[..., nn.Module] = default_conv
+  batch_norm: Callable[..., nn.Module] = default_norm
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -41,13 +47,13 @@ class ConvNet(nn.Module):
     x = x.astype(self.dtype)
     for d in range(self.depth):
       pad = 3 if (d == 0 and x.shape[1] == 28 and x.shape[2] == 28) else 1
-      x = conv(self.width, (3, 3), padding=((pad, pad), (pad, pad)), use_bias=True, dtype=self.dtype,
-               kernel_init=torch_default_init, name=f"conv{d}")(x)
+      x = self.conv(self.width, (3, 3), padding=((pad, pad), (pad, pad)), use_bias=True, dtype=self.dtype,
+                    param_dtype=PARAM_DTYPE, kernel_init=torch_default_init, name=f"conv{d}")(x)
       if self.norm == "instancenorm":
         x = nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, dtype=self.dtype, param_dtype=PARAM_DTYPE,
                          name=f"norm{d}")(x)
       elif self.norm == "batchnorm":
-        x = batch_norm(train, self.dtype, name=f"norm{d}")(x)
+        x = common.batch_norm(train, self.dtype, name=f"norm{d}", norm=self.batch_norm)(x)
       x = nn.relu(x)
       if x.shape[1] >= 2 and x.shape[2] >= 2:
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))

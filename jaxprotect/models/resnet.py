@@ -8,24 +8,25 @@ shortcuts where the shape changes, global average pooling, linear. ResNet-18 has
 
 Padding is explicit and symmetric (``k // 2`` each side) as in PyTorch, so strided
 convs see the same pixels as the 1x1 strided shortcut.
+
+Layers are fields, as in flax's ResNet example: ``conv`` (called as ``nn.Conv``) and
+``norm`` (called as ``nn.BatchNorm``), by default the XLA:CPU ops of ``jaxprotect.ops``
+(``models.common``); e.g. ``ResNet(10, conv=nn.Conv, norm=nn.BatchNorm)`` for the plain
+flax layers, with the same parameter tree.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxprotect.models.common import (
-    batch_norm, check_num_classes, classifier, conv, conv_kaiming_fan_out, global_avg_pool, outputs)
+    batch_norm, check_num_classes, classifier, default_conv, default_norm, global_avg_pool, outputs, same_conv)
 
-
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str | None = None) -> nn.Conv:
-  p = kernel // 2
-  return conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)), use_bias=False,
-              dtype=dtype, kernel_init=conv_kaiming_fan_out, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -33,18 +34,22 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int = 1
   dtype: Any = jnp.float32
+  conv: Callable[..., nn.Module] = default_conv
+  norm: Callable[..., nn.Module] = default_norm
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    conv = functools.partial(same_conv, self.conv, dtype=self.dtype)
+    norm = functools.partial(batch_norm, train, self.dtype, norm=self.norm)
     out_ch = self.planes * self.expansion
-    y = _conv(self.planes, 3, self.stride, self.dtype)(x)
-    y = nn.relu(batch_norm(train, self.dtype)(y))
-    y = _conv(self.planes, 3, 1, self.dtype)(y)
-    y = batch_norm(train, self.dtype)(y)
+    y = conv(self.planes, 3, self.stride)(x)
+    y = nn.relu(norm()(y))
+    y = conv(self.planes, 3, 1)(y)
+    y = norm()(y)
     if self.stride != 1 or x.shape[-1] != out_ch:
-      x = _conv(out_ch, 1, self.stride, self.dtype, name="shortcut_conv")(x)
-      x = batch_norm(train, self.dtype, name="shortcut_bn")(x)
+      x = conv(out_ch, 1, self.stride, name="shortcut_conv")(x)
+      x = norm(name="shortcut_bn")(x)
     return nn.relu(y + x)
 
 
@@ -53,20 +58,24 @@ class Bottleneck(nn.Module):
   planes: int
   stride: int = 1
   dtype: Any = jnp.float32
+  conv: Callable[..., nn.Module] = default_conv
+  norm: Callable[..., nn.Module] = default_norm
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    conv = functools.partial(same_conv, self.conv, dtype=self.dtype)
+    norm = functools.partial(batch_norm, train, self.dtype, norm=self.norm)
     out_ch = self.planes * self.expansion
-    y = _conv(self.planes, 1, 1, self.dtype)(x)
-    y = nn.relu(batch_norm(train, self.dtype)(y))
-    y = _conv(self.planes, 3, self.stride, self.dtype)(y)
-    y = nn.relu(batch_norm(train, self.dtype)(y))
-    y = _conv(out_ch, 1, 1, self.dtype)(y)
-    y = batch_norm(train, self.dtype)(y)
+    y = conv(self.planes, 1, 1)(x)
+    y = nn.relu(norm()(y))
+    y = conv(self.planes, 3, self.stride)(y)
+    y = nn.relu(norm()(y))
+    y = conv(out_ch, 1, 1)(y)
+    y = norm()(y)
     if self.stride != 1 or x.shape[-1] != out_ch:
-      x = _conv(out_ch, 1, self.stride, self.dtype, name="shortcut_conv")(x)
-      x = batch_norm(train, self.dtype, name="shortcut_bn")(x)
+      x = conv(out_ch, 1, self.stride, name="shortcut_conv")(x)
+      x = norm(name="shortcut_bn")(x)
     return nn.relu(y + x)
 
 
@@ -75,7 +84,7 @@ class ResNet(nn.Module):
 
   ``__call__(x_BxHxWxC, train) -> (logits_BxK, feats_BxD)`` with ``D = 8 * width * expansion``
   (512 for ResNet-18/34, 2048 for ResNet-50 at ``width=64``); size-agnostic through global
-  average pooling.
+  average pooling. ``conv`` and ``norm`` build every convolution and BatchNorm (blocks included).
   """
   num_classes: int
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -83,6 +92,8 @@ class ResNet(nn.Module):
   width: int = 64
   stem: str = "cifar"  # "cifar" | "imagenet"
   dtype: Any = jnp.float32
+  conv: Callable[..., nn.Module] = default_conv
+  norm: Callable[..., nn.Module] = default_norm
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -90,20 +101,23 @@ class ResNet(nn.Module):
     block_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}.get(self.block)
     if block_cls is None:
       raise ValueError(f"unknown block {self.block!r}; expected 'basic' or 'bottleneck'")
+    conv = functools.partial(same_conv, self.conv, dtype=self.dtype)
+    norm = functools.partial(batch_norm, train, self.dtype, norm=self.norm)
     x = x.astype(self.dtype)
     if self.stem == "cifar":
-      x = _conv(self.width, 3, 1, self.dtype, name="stem_conv")(x)
-      x = nn.relu(batch_norm(train, self.dtype, name="stem_bn")(x))
+      x = conv(self.width, 3, 1, name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
     elif self.stem == "imagenet":
-      x = _conv(self.width, 7, 2, self.dtype, name="stem_conv")(x)
-      x = nn.relu(batch_norm(train, self.dtype, name="stem_bn")(x))
+      x = conv(self.width, 7, 2, name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       raise ValueError(f"unknown stem {self.stem!r}; expected 'cifar' or 'imagenet'")
     for i, n_blocks in enumerate(self.stage_sizes):
       for j in range(n_blocks):
         stride = 2 if (i > 0 and j == 0) else 1
-        x = block_cls(self.width * 2**i, stride, self.dtype, name=f"stage{i + 1}_block{j + 1}")(x, train)
+        x = block_cls(self.width * 2**i, stride, self.dtype, conv=self.conv, norm=self.norm,
+                      name=f"stage{i + 1}_block{j + 1}")(x, train)
     feats = global_avg_pool(x)
     logits = classifier(self.num_classes, self.dtype)(feats)
     return outputs(logits, feats)

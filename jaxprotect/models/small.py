@@ -1,14 +1,18 @@
-"""Cheap models for Fashion-MNIST-scale experiments: a two-conv CNN and an MLP (no BatchNorm)."""
+"""Cheap models for Fashion-MNIST-scale experiments: a two-conv CNN and an MLP (no BatchNorm).
+
+The CNN's layers are fields: ``conv`` (called as ``nn.Conv``) and ``pool`` (2x2/2 max
+pooling, ``x -> x``), by default the XLA:CPU ops of ``jaxprotect.ops``.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxprotect.models.common import PARAM_DTYPE, check_num_classes, classifier, conv, max_pool_2x2, outputs
+from jaxprotect.models.common import PARAM_DTYPE, check_num_classes, classifier, default_conv, default_pool, outputs
 
 
 class SmallCNN(nn.Module):
@@ -21,15 +25,18 @@ class SmallCNN(nn.Module):
   width: int = 32
   hidden: int = 128
   dtype: Any = jnp.float32
+  conv: Callable[..., nn.Module] = default_conv
+  pool: Callable[[jax.Array], jax.Array] = default_pool
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
     check_num_classes(self.num_classes)
     x = x.astype(self.dtype)
     for i, ch in enumerate((self.width, 2 * self.width)):
-      x = nn.relu(conv(ch, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=f"conv{i}")(x))
+      x = nn.relu(self.conv(ch, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, param_dtype=PARAM_DTYPE,
+                            name=f"conv{i}")(x))
       if x.shape[1] >= 2 and x.shape[2] >= 2:
-        x = max_pool_2x2(x)
+        x = self.pool(x)
     x = x.reshape((x.shape[0], -1))
     feats = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, param_dtype=PARAM_DTYPE, name="fc")(x))
     logits = classifier(self.num_classes, self.dtype)(feats)

@@ -3,18 +3,22 @@
 conv3x3-BN-ReLU stacks with 2x2 max-pooling ("M" in the config), global average pooling
 and a single linear layer on the 512-d features. Pooling is skipped once a spatial side
 is below 2, so small inputs (28x28, 16x16, 8x8) work. Convs have no bias (BN follows).
+
+Layers are fields: ``conv`` (called as ``nn.Conv``), ``norm`` (called as ``nn.BatchNorm``)
+and ``pool`` (2x2/2 max pooling, ``x -> x``), by default the XLA:CPU ops of ``jaxprotect.ops``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxprotect.models.common import (
-    batch_norm, check_num_classes, classifier, conv, conv_kaiming_fan_out, global_avg_pool, max_pool_2x2, outputs)
+    PARAM_DTYPE, batch_norm, check_num_classes, classifier, conv_kaiming_fan_out, default_conv, default_norm,
+    default_pool, global_avg_pool, outputs)
 
 # Channel multipliers of the base width (64): 1 -> 64, 2 -> 128, 4 -> 256, 8 -> 512; "M" = max-pool.
 CFGS: dict[str, tuple[int | str, ...]] = {
@@ -31,6 +35,9 @@ class VGG(nn.Module):
   cfg: Sequence[int | str] = CFGS["vgg16"]
   width: int = 64
   dtype: Any = jnp.float32
+  conv: Callable[..., nn.Module] = default_conv
+  norm: Callable[..., nn.Module] = default_norm
+  pool: Callable[[jax.Array], jax.Array] = default_pool
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -40,11 +47,11 @@ class VGG(nn.Module):
     for v in self.cfg:
       if v == "M":
         if x.shape[1] >= 2 and x.shape[2] >= 2:
-          x = max_pool_2x2(x)
+          x = self.pool(x)
         continue
-      x = conv(int(v) * self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
-               kernel_init=conv_kaiming_fan_out, name=f"conv{i}")(x)
-      x = nn.relu(batch_norm(train, self.dtype, name=f"bn{i}")(x))
+      x = self.conv(int(v) * self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
+                    param_dtype=PARAM_DTYPE, kernel_init=conv_kaiming_fan_out, name=f"conv{i}")(x)
+      x = nn.relu(batch_norm(train, self.dtype, name=f"bn{i}", norm=self.norm)(x))
       i += 1
     feats = global_avg_pool(x)
     logits = classifier(self.num_classes, self.dtype)(feats)

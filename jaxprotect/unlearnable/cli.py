@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from jaxprotect.cli import define_config_flags, parse_config_command
+from jaxprotect.flags import define_config_flags, parse_config_command
 
 
 def _define(fv, flags, export: bool = False):
@@ -23,12 +23,12 @@ def cmd_poison(argv: Sequence[str]) -> int:
   if bad:
     print(f"jaxprotect poison: unknown --export format(s) {sorted(bad)}; use png and/or npz", file=sys.stderr)
     return 2
-  from jaxprotect import parallel, runner
+  from jaxprotect import data, parallel
   from jaxprotect.unlearnable import crafting, poison_io
 
   config = fv.config
-  mesh = parallel.make_mesh(config.num_devices or None)
-  ds = runner.load_dataset(config, mesh)
+  mesh = parallel.mesh_from_config(config)
+  ds = data.from_config(config, mesh)
   results = crafting.craft(config, fv.workdir, mesh, ds)
   head = f"{results['method']} {results['mode']}-wise, eps {255 * results['eps']:.1f}/255"
   if results["perturbed_train_accuracy"] is None:  # method "random": nothing crafted

@@ -14,9 +14,6 @@ end, ``poison/`` (perturbation + manifest, see ``poison_io``) and ``results.json
 from __future__ import annotations
 
 import os
-import pathlib
-import signal
-import time
 from typing import Any
 
 import jax
@@ -24,11 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from ml_collections import config_dict
-from tqdm import tqdm
 
-from jaxprotect import checkpoint, config as config_lib, data, models, parallel, runner, train
+from jaxprotect import config as config_lib, data, models, parallel, run, runner, train
 from jaxprotect.data.augment import AugmentConfig
-from jaxprotect.metrics import MetricsWriter
 from jaxprotect.unlearnable import pgd, poison_io
 
 __all__ = [
@@ -43,12 +38,10 @@ DELTA_INITS = ("uniform", "zeros")
 _NOT_CRAFTING = ("victim", "poison", "poison_fraction", "evaluate_clean", "clean_workdir", "export")
 # Stream of the clean-image augmentation of the PGD passes (fold_in of the seed's key).
 _CLEAN_AUGMENT_STREAM = 0x636C65
-# Fault injection for resume tests: SIGKILL after the iteration that reaches this count.
-_KILL_AT_ITERATION_ENV = "JAXPROTECT_KILL_AT_ITERATION"
 
 
 def unlearnable_config() -> ml_collections.ConfigDict:
-  """Crafting + victim-evaluation config (defaults: EM sample-wise, METHODS.md section 1).
+  """Crafting + victim-evaluation config (defaults: EM sample-wise, Huang et al., ICLR 2021).
 
   The top-level training fields (``model``, ``optimizer``, ``batch_size``, ``augment``,
   ...) describe the *surrogate*; ``victim`` is a full training config for ``evaluate``
@@ -189,11 +182,8 @@ def craft(
   too (see ``models.contract``). Its ``repr`` enters the crafting hash.
   """
   validate(config)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  mesh = mesh or parallel.make_mesh(config.num_devices or None)
-  ds = dataset or runner.load_dataset(config, mesh)
-  main = parallel.is_main_process()
+  mesh = parallel.mesh_from_config(config, mesh)
+  ds = dataset or data.from_config(config, mesh)
   n, k = ds.train.size, ds.num_classes
 
   steps_per_epoch = n // config.batch_size
@@ -201,9 +191,7 @@ def craft(
     raise ValueError(f"batch_size={config.batch_size} exceeds the {n} training examples")
   train_steps = config.train_steps or steps_per_epoch
   user_model = model
-  if model is None:
-    model = models.get(config.model, k, dtype=config.dtype, **config.model_kwargs.to_dict())
-  model = models.as_model(model)
+  model = models.as_model(models.from_config(config, k) if model is None else model)
   logits_spec, feats_spec = models.check_outputs(model, ds.example)
   if logits_spec.shape[-1] != k:
     raise ValueError(f"model: outputs {logits_spec.shape[-1]} logits, but {ds.name!r} has {k} classes")
@@ -223,29 +211,12 @@ def craft(
     delta = init(k_delta, shape, config.eps, ds.train.images)
   else:
     delta = jax.device_put(pgd.init_delta(k_delta, shape, config.eps), sharding)
-  chash = crafting_hash(config, None if user_model is None else model.module)
-  if main:
-    record_model = {} if user_model is None else {"user_model": repr(model.module)}
-    config_lib.write_json_atomic(workdir / "config.json", {"config": config.to_dict(), "config_hash": chash,
-                                                           "dataset": data.describe(ds), **record_model})
+  phase = run.Phase(workdir, "craft", config, dataset=ds, total=config.max_iterations, unit="iter",
+                    config_hash=crafting_hash(config, None if user_model is None else model.module),
+                    record={} if user_model is None else {"user_model": repr(model.module)})
   if config.method == "random":  # the papers' control: the initial uniform noise, uncrafted, no surrogate
-    return _finish(config, workdir, ds, mesh, delta, chash, t0=time.time(), iteration=0, done=False,
+    return _finish(config, phase, ds, delta, iteration=0, done=False,
                    record={"perturbed_train_accuracy": None, "clean_train_accuracy": None}, surrogate_digest=None)
-  surrogate = train.init_state(model, optimizer, ds.example, k_model, mesh)
-  ckpt_state = {"surrogate": surrogate, "delta": delta, "iteration": jnp.zeros((), jnp.int32),
-                "done": jnp.zeros((), bool)}
-
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", chash, keep=config.checkpoint.keep,
-                                 async_save=config.checkpoint.async_save)
-  if ckpt.latest_step() is not None:
-    ckpt_state, meta = ckpt.restore(ckpt_state)
-    if meta.get("dataset_fingerprint") != ds.fingerprint:
-      raise ValueError(f"checkpoint in {ckpt.directory} was crafted on dataset fingerprint "
-                       f"{meta.get('dataset_fingerprint')}, but {config.dataset!r} now has {ds.fingerprint}")
-  surrogate, delta = ckpt_state["surrogate"], ckpt_state["delta"]
-  iteration, done = int(ckpt_state["iteration"]), bool(ckpt_state["done"])
-  writer = MetricsWriter(workdir, resume_step=iteration, tensorboard=config.tensorboard)
-  meta = {"dataset_fingerprint": ds.fingerprint, "phase": "craft"}
 
   chunk = train.make_train_chunk(model, train.ce_loss(config.label_smoothing), optimizer, mesh, config.batch_size,
                                  AugmentConfig.parse(config.augment), loop=config.loop or None)
@@ -261,65 +232,59 @@ def craft(
                                          loop=config.pgd.loop or None)
     perturb = lambda variables, split, eps, alpha, key: class_pass(variables, split, positions, eps, alpha)  # noqa: E731
   every = max(1, config.checkpoint.get("every_iterations", 1))
-  kill_at = int(os.environ.get(_KILL_AT_ITERATION_ENV, "0"))
 
-  t0 = time.time()
-  bar = tqdm(total=config.max_iterations, initial=iteration, disable=not (main and config.progress), unit="iter",
-             dynamic_ncols=True, desc=f"{config.method}-{config.mode}")
+  surrogate = train.init_state(model, optimizer, ds.example, k_model, mesh)
   record: dict[str, Any] = {}
-  while not done and iteration < config.max_iterations:
-    split = ds.train.replace(delta=delta, delta_mode=config.mode, clean_augment=clean_augment)
-    # Surrogate phase: train_steps steps continuing the epoch (chunks never cross an epoch).
-    remaining, ms = train_steps, []
-    while remaining:
-      m = min(remaining, steps_per_epoch - int(surrogate.step) % steps_per_epoch)
-      surrogate, metrics = chunk(surrogate, split, m)
-      ms.append(jax.device_get(metrics))
-      remaining -= m
-    # Perturbation phase.
-    alpha = step_size(config, iteration)
-    delta = perturb(train.variables_of(surrogate), split, jnp.float32(config.eps), jnp.float32(alpha),
-                    jax.random.fold_in(k_clean_aug, iteration))
-    iteration += 1
-    acc = float(eval_fn(surrogate, ds.train.replace(delta=delta, delta_mode=config.mode))["accuracy"])
-    done = bool(config.stop_error) and (1.0 - acc) < config.stop_error
-    record = {"surrogate_loss": float(np.mean(np.concatenate([m["loss"] for m in ms]))),
-              "surrogate_accuracy": float(np.mean(np.concatenate([m["accuracy"] for m in ms]))),
-              "perturbed_train_accuracy": acc, "step_size": alpha,
-              "delta_linf": float(jnp.max(jnp.abs(delta))) * 255.0}
-    writer.write(iteration, **record)
-    bar.set_postfix(acc=f"{acc:.4f}")
-    bar.update(1)
-    if done or iteration % every == 0 or iteration == config.max_iterations:
-      ckpt.save(iteration, {"surrogate": surrogate, "delta": delta, "iteration": jnp.int32(iteration),
-                            "done": jnp.asarray(done)}, meta)
-    if kill_at and iteration >= kill_at:
-      os.kill(os.getpid(), signal.SIGKILL)
-  bar.close()
-  ckpt.close()
-  writer.close()
+  with phase:
+    state = phase.restore({"surrogate": surrogate, "delta": delta, "iteration": jnp.zeros((), jnp.int32),
+                           "done": jnp.zeros((), bool)})
+    surrogate, delta, done = state["surrogate"], state["delta"], bool(state["done"])
+    iteration = phase.start(int(state["iteration"]), desc=f"{config.method}-{config.mode}")
+    while not done and iteration < config.max_iterations:
+      split = ds.train.replace(delta=delta, delta_mode=config.mode, clean_augment=clean_augment)
+      # Surrogate phase: train_steps steps continuing the epoch (chunks never cross an epoch).
+      remaining, ms = train_steps, []
+      while remaining:
+        m = min(remaining, steps_per_epoch - int(surrogate.step) % steps_per_epoch)
+        surrogate, metrics = chunk(surrogate, split, m)
+        ms.append(jax.device_get(metrics))
+        remaining -= m
+      # Perturbation phase.
+      alpha = step_size(config, iteration)
+      delta = perturb(train.variables_of(surrogate), split, jnp.float32(config.eps), jnp.float32(alpha),
+                      jax.random.fold_in(k_clean_aug, iteration))
+      iteration += 1
+      acc = float(eval_fn(surrogate, ds.train.replace(delta=delta, delta_mode=config.mode))["accuracy"])
+      done = bool(config.stop_error) and (1.0 - acc) < config.stop_error
+      record = {"surrogate_loss": float(np.mean(np.concatenate([m["loss"] for m in ms]))),
+                "surrogate_accuracy": float(np.mean(np.concatenate([m["accuracy"] for m in ms]))),
+                "perturbed_train_accuracy": acc, "step_size": alpha,
+                "delta_linf": float(jnp.max(jnp.abs(delta))) * 255.0}
+      phase.log(iteration, advance=1, postfix={"acc": f"{acc:.4f}"}, **record)
+      phase.checkpoint(iteration, {"surrogate": surrogate, "delta": delta, "iteration": jnp.int32(iteration),
+                                   "done": jnp.asarray(done)},
+                       save=done or iteration % every == 0 or iteration == config.max_iterations)
 
   if not record:  # resumed after the end: report the stored state
     acc = float(eval_fn(surrogate, ds.train.replace(delta=delta, delta_mode=config.mode))["accuracy"])
     record = {"perturbed_train_accuracy": acc}
   # What the noise carries for the surrogate: its accuracy on the same images without it.
   record["clean_train_accuracy"] = float(eval_fn(surrogate, ds.train)["accuracy"])
-  return _finish(config, workdir, ds, mesh, delta, chash, t0, iteration, done, record,
-                 runner.params_digest(surrogate.params))
+  return _finish(config, phase, ds, delta, iteration, done, record, runner.params_digest(surrogate.params))
 
 
-def _finish(config, workdir, ds, mesh, delta, chash, t0, iteration, done, record, surrogate_digest) -> dict[str, Any]:
+def _finish(config, phase: run.Phase, ds, delta, iteration, done, record, surrogate_digest) -> dict[str, Any]:
   """Saves the poison (and its preview) and writes ``results.json``."""
-  main = parallel.is_main_process()
-  poison_dir = workdir / "poison"
+  poison_dir = phase.workdir / "poison"
   manifest = None
-  if main:
+  phase.write_config()
+  if phase.main:
     delta_host = np.asarray(jax.device_get(delta))
     manifest = poison_io.save_poison(poison_dir, delta_host, config.mode, ds, config=config,
                                      stats={"iterations": iteration, "stopped_early": done, **record})
     if config.export.preview:
       poison_io.save_preview(poison_dir / "preview.png", ds, delta_host, config.mode, config.eps)
-  results = {
+  return phase.finish({
       "dataset": data.describe(ds),
       "method": config.method,
       "mode": config.mode,
@@ -330,11 +295,5 @@ def _finish(config, workdir, ds, mesh, delta, chash, t0, iteration, done, record
       "clean_train_accuracy": record["clean_train_accuracy"],
       "delta_sha256": manifest["files"]["delta.npy"] if manifest else None,
       "surrogate_params_sha256": surrogate_digest,
-      "num_devices": int(mesh.devices.size),
-      "seconds_this_process": round(time.time() - t0, 2),
-      "config_hash": chash,
       "poison": str(poison_dir),
-  }
-  if main:
-    config_lib.write_json_atomic(workdir / "results.json", results)
-  return results
+  })

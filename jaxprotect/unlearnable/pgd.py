@@ -20,7 +20,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxprotect import checks, losses, parallel, train
+from jaxprotect import checks, losses, parallel, platform, train
 from jaxprotect.data.augment import augment_batch
 from jaxprotect.data.device import DeviceSplit
 from jaxprotect.models.contract import Model, as_model, features_of
@@ -112,8 +112,8 @@ def mi_ue_objective(temperature: float = 0.1, exclude_self: bool = False, zeta: 
 def default_unroll(mesh: Mesh | None = None) -> bool:
   """Unroll the PGD steps on CPU (``mesh``'s platform, else the default backend): XLA:CPU
   runs a ResNet's convolution gradients inside a while loop about 5x slower than unrolled
-  (BENCHMARKS.md); on accelerators a loop keeps compiles short."""
-  return train.platform_of(mesh) == "cpu"
+  (docs/BENCHMARKS.md); on accelerators a loop keeps compiles short."""
+  return platform.is_cpu(mesh)
 
 
 def make_batch_pgd(model: nn.Module | Model, objective: Objective, num_steps: int, unroll: bool | None = None,
@@ -341,6 +341,7 @@ def init_delta(key: jax.Array, shape: tuple[int, ...], eps: float, images_u8: ja
 
 
 __all__ = [
-    "Objective", "box_bounds_u8", "default_unroll", "error_minimizing_objective", "init_delta", "make_batch_pgd", "make_classwise_pass",
-    "make_samplewise_pass", "mi_ue_objective", "pass_rows", "project", "project_u8", "sign_descent",
+    "Objective", "box_bounds_u8", "default_unroll", "error_minimizing_objective", "init_delta",
+    "make_batch_pgd", "make_classwise_pass", "make_samplewise_pass", "mi_ue_objective", "pass_rows", "project",
+    "project_u8", "sign_descent",
 ]

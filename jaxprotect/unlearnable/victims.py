@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxprotect import checkpoint, config as config_lib, parallel, runner
+from jaxprotect import checkpoint, config as config_lib, data, parallel, runner
 from jaxprotect.unlearnable import poison_io
 
 __all__ = [
@@ -86,9 +86,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh
   if not config.get("poison"):
     raise ValueError("config.poison: set it to a poison directory or a crafting workdir (CLI: --config.poison=DIR)")
   workdir = pathlib.Path(workdir)
-  mesh = mesh or parallel.make_mesh(config.num_devices or None)
+  mesh = parallel.mesh_from_config(config, mesh)
   vcfg = victim_config(config)
-  clean = runner.load_dataset(vcfg, mesh)
+  clean = data.from_config(vcfg, mesh)
   poison = poison_io.load_poison(config.poison)
   poisoned = poison_io.apply(clean, poison, config.poison_fraction, seed=config.seed)  # checks the dataset
   dirs = {"poisoned": workdir / "poisoned"}

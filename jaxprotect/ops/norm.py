@@ -1,19 +1,24 @@
-"""BatchNorm with flax's variables and semantics, and a faster training step on XLA:CPU.
+"""``BatchNorm``: flax's BatchNorm (same variables, same values), with a faster training step on XLA:CPU.
 
-``BatchNorm`` has exactly the variables of ``flax.linen.BatchNorm`` (params ``scale``,
+What: ``BatchNorm`` has exactly the variables of ``flax.linen.BatchNorm`` (params ``scale``,
 ``bias``; ``batch_stats`` ``mean``, ``var``, all float32), computes what it computes
 (statistics in float32 with ``var = E[x^2] - E[x]^2`` clipped at 0, the running averages
 updated outside of initialisation, the output in ``dtype``) and can replace it in a model
-without changing checkpoints.
+without changing checkpoints. In training mode on XLA:CPU the normalisation is a
+``custom_jvp`` whose channel sums and broadcasts are products with a ones vector.
 
-In training mode on XLA:CPU the normalisation is a ``custom_jvp`` whose channel sums and
-broadcasts are products with a ones vector. XLA:CPU runs the reductions and the
-broadcast transposes that differentiating flax's version produces (hundreds of
-``reduce``/``reduce-window`` ops in a ResNet-18 step) slower than these matrix-vector
-products; the ResNet-18 training step gains 10-18% on 2 cores (BENCHMARKS.md). The rule
-is written as a JVP, so forward mode, reverse mode and their compositions (Hessian-vector
-products) all work. Other platforms, eval mode and ``JAXPROTECT_XLA_CPU_DEFAULTS=0`` use
-plain ``jnp`` reductions, the same computation as flax's.
+Why: differentiating flax's version gives XLA:CPU hundreds of reductions and broadcast
+transposes in a ResNet-18 step, which it rewrites into ``reduce``/``reduce-window`` ops
+and runs slower than these matrix-vector products (measurements: docs/BENCHMARKS.md,
+"XLA:CPU: what the time goes to", the BatchNorm entry).
+
+Equality with the plain layer: values, running statistics, eval mode, gradients, JVP and
+Hessian-vector products agree with ``nn.BatchNorm`` (tested in tests/test_models.py). The
+rule is written as a JVP, so forward mode, reverse mode and their compositions all work.
+Other platforms (chosen when the program is lowered, ``lax.platform_dependent``), eval
+mode and ``JAXPROTECT_XLA_CPU_DEFAULTS=0`` (``platform.cpu_defaults_enabled()``, read when
+traced) use plain ``jnp`` reductions, the same computation as flax's; with that switch the
+zoo's default ``norm`` factory (``models.common.default_norm``) builds ``nn.BatchNorm`` itself.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxprotect.platform import cpu_defaults_enabled
+
+__all__ = ["BatchNorm", "normalize"]
 
 SymbolicZero = jax.custom_derivatives.SymbolicZero
 

@@ -1,7 +1,7 @@
 """Training-mode BatchNorm, forward and backward: flax's ``nn.BatchNorm`` against
-``jaxprotect.models.norm.BatchNorm`` (the zoo's; ones-vector products on XLA:CPU).
+``jaxprotect.ops.BatchNorm`` (the zoo's; ones-vector products on XLA:CPU).
 
-  python experiments/bench/batch_norm.py [--rounds 7] [--calls 10]
+  python -m benchmarks.studies.batch_norm [--rounds 7] [--calls 10]
 
 For each activation shape of ResNet-18 (width 16 at batch 64, and the standard width at
 batch 128) it jits the gradient of ``sum(BatchNorm(x)^2)`` with respect to the parameters
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprotect.models import norm
+from jaxprotect.ops import norm
 
 SHAPES = ((64, 32, 32, 16), (64, 16, 16, 32), (64, 8, 8, 64), (128, 32, 32, 64))
 
@@ -54,7 +54,8 @@ def main():
         jax.block_until_ready(out)
         times[k].append((time.perf_counter() - t0) / a.calls * 1e3)
     flax_ms, ours_ms = (float(np.median(times[k])) for k in ("flax", "ours"))
-    print(f"| {', '.join(map(str, shape))} | {flax_ms:.2f} ms | {ours_ms:.2f} ms | {flax_ms / ours_ms:.2f}x |", flush=True)
+    dims = ", ".join(map(str, shape))
+    print(f"| {dims} | {flax_ms:.2f} ms | {ours_ms:.2f} ms | {flax_ms / ours_ms:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The jaxprotect side of the benchmark: each workload through the library's own engine.
 
-Every runner follows the same protocol (see ``jaxprotect.bench.suite``): ``setup()``
+Every runner follows the same protocol (see ``benchmarks.suite``): ``setup()``
 builds, compiles and warms up (untimed), ``run()`` executes one timed repeat and
 returns its measurements, ``details()`` reports what the rows should record (compile
 time, loop form, number of compiled variants). Data stay on device; batches are gathered
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprotect import data, losses, models, parallel, train
-from jaxprotect.bench import common
-from jaxprotect.bench.common import E2ESize, Size
+from benchmarks import common
+from benchmarks.common import E2ESize, Size
 from jaxprotect.config import train_config
 from jaxprotect.data.augment import AugmentConfig
 from jaxprotect.unlearnable import crafting, pgd, victims
@@ -162,7 +162,8 @@ class PGDPassRunner:
     return {"seconds": time.perf_counter() - t0, "units": self.size.pgd_examples * self.size.pgd_steps}
 
   def details(self) -> dict[str, Any]:
-    return {"compile_and_warmup_s": self._compile_s, "compiled_variants": int(getattr(self.pass_fn, "jitted", self.pass_fn)._cache_size()),
+    variants = int(getattr(self.pass_fn, "jitted", self.pass_fn)._cache_size())
+    return {"compile_and_warmup_s": self._compile_s, "compiled_variants": variants,
             "loop": self.loop, "batch": self.size.batch, "pgd_steps": self.size.pgd_steps,
             "examples": self.size.pgd_examples, "model": self.size.model_label}
 

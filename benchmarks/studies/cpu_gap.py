@@ -1,6 +1,6 @@
 """Where does a jitted Flax ResNet-18 step lose to eager PyTorch on CPU? Cheap variations.
 
-  python experiments/bench/cpu_gap.py [--width 16] [--batch 64] [--steps 2] [--repeats 3]
+  python -m benchmarks.studies.cpu_gap [--width 16] [--batch 64] [--steps 2] [--repeats 3]
       [--xla-flag-sets="--xla_cpu_use_onednn=true;--xla_cpu_use_xnnpack=true"] [--jax f32,bf16]
       [--torch nchw_f32,nhwc_f32,nhwc_bf16] [--pgd [--pgd-steps 4]]
 
@@ -19,10 +19,13 @@ inside one jit, and the eager PyTorch loop.
 import argparse
 import json
 import os
+import pathlib
 import statistics
 import subprocess
 import sys
 import time
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _median_ms(fn, steps, repeats, sync):
@@ -43,8 +46,8 @@ def run_one(a):
   import torch
   import torch.nn.functional as F
 
+  from benchmarks import common, torch_impl, torch_models
   from jaxprotect import losses, models, parallel, train
-  from jaxprotect.bench import common, torch_impl, torch_models
   from jaxprotect.config import train_config
   from jaxprotect.unlearnable import pgd
 
@@ -164,7 +167,8 @@ def main():
   for flags in a.xla_flag_sets.split(";"):
     env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     args = [x for x in sys.argv[1:] if not x.startswith("--xla-flag-sets")]
-    proc = subprocess.run([sys.executable, __file__, *args, "--one"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.cpu_gap", *args, "--one"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
     line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     if proc.returncode != 0 or not line.startswith("{"):
       print(json.dumps({"xla_flags": flags, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}),

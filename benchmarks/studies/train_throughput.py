@@ -1,7 +1,7 @@
 """Training throughput (images/s) of jaxprotect's engine: ResNet-18 (CIFAR stem, 32x32x3,
 10 classes) in float32 and bfloat16, and the small CNN (28x28x1).
 
-  python experiments/bench/train_throughput.py [--batch 512] [--steps 20] [--quick]
+  python -m benchmarks.studies.train_throughput [--batch 512] [--steps 20] [--quick]
 
 Prints one JSON line per workload with the device, date and versions. Steps run through
 ``make_train_chunk`` (data resident on device, gather and augmentation inside jit).

@@ -1,6 +1,6 @@
 """CMIM train-step time over CE train-step time, measured side by side in one process.
 
-  python experiments/bench/cmim_step.py [--steps 20] [--repeats 3] [--quick]
+  python -m benchmarks.studies.cmim_step [--steps 20] [--repeats 3] [--quick]
 
 For each workload, a CE step (``train.ce_loss``) and a CMIM step (the stateful loss of
 ``jaxprotect.distill.teacher``: 6 temperatures, T^2 weights, mean aggregation, EMA

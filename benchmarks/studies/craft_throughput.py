@@ -2,7 +2,7 @@
 (surrogate ResNet-18, standard width, eval mode, eps 8/255) in image-steps per second, and
 what that implies for one outer iteration of the reference EM craft on 50,000 images.
 
-  python experiments/bench/craft_throughput.py [--batch 512] [--examples 5120] [--steps 20] [--repeats 2]
+  python -m benchmarks.studies.craft_throughput [--batch 512] [--examples 5120] [--steps 20] [--repeats 2]
 
 A reference outer iteration is 10 surrogate steps of 512 images plus 20 PGD steps on every
 one of the 50,000 images (1,000,000 image-steps); the surrogate steps are under 1% of
@@ -18,7 +18,7 @@ import statistics
 
 import jax
 
-from jaxprotect.bench import common, jax_impl
+from benchmarks import common, jax_impl
 
 REFERENCE_IMAGE_STEPS_PER_ITERATION = 50_000 * 20
 

@@ -1,15 +1,15 @@
 """Per-op times of the small CNN's and ResNet-18's layers, XLA:CPU against PyTorch (oneDNN).
 
-  python experiments/bench/cpu_ops.py [--batch 128] [--repeats 20]
+  python -m benchmarks.studies.cpu_ops [--batch 128] [--repeats 20]
 
 For each convolution shape (3x3, stride 1, padding 1) it times the forward pass, the
 input gradient (what a PGD step needs) and the weight gradient, each as its own jitted
 function on fixed NHWC arrays, against ``F.conv2d`` and ``torch.nn.grad.conv2d_input`` /
 ``conv2d_weight`` on the same values in NCHW float32 (for stems of at most
 ``PATCH_CONV_MAX_IN_CHANNELS`` input channels also jaxprotect's own
-``models.common.conv_general_dilated``, the patch product); and the backward of 2x2 max
+``ops.conv_general_dilated``, the patch product); and the backward of 2x2 max
 pooling: flax's ``nn.max_pool`` (``reduce_window``, whose gradient is
-``select_and_scatter``), ``models.common.max_pool_2x2`` and PyTorch's. Prints a Markdown
+``select_and_scatter``), ``ops.max_pool_2x2`` and PyTorch's. Prints a Markdown
 table of milliseconds (median of ``--repeats`` calls) and XLA/PyTorch time ratios.
 """
 
@@ -53,7 +53,7 @@ def main(argv=None):
   import numpy as np
   import torch
 
-  from jaxprotect.models.common import PATCH_CONV_MAX_IN_CHANNELS, conv_general_dilated
+  from jaxprotect.ops import PATCH_CONV_MAX_IN_CHANNELS, conv_general_dilated
 
   rng = np.random.default_rng(0)
   b = a.batch
@@ -109,7 +109,7 @@ def _pool_rows(rng, b, repeats):
   import torch
   import torch.nn.functional as F
 
-  from jaxprotect.models.common import max_pool_2x2
+  from jaxprotect.ops import max_pool_2x2
 
   for h, c in POOL_SHAPES:
     x = np.maximum(rng.normal(size=(b, h, h, c)), 0).astype(np.float32)

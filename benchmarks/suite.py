@@ -18,8 +18,8 @@ from typing import Any
 
 import jax
 
-from jaxprotect.bench import common, flops, jax_impl, profile
-from jaxprotect.bench.common import Size
+from benchmarks import common, flops, jax_impl, profile
+from benchmarks.common import Size
 
 # workload -> (unit, higher is better, description)
 WORKLOADS: dict[str, tuple[str, bool | None, str]] = {
@@ -83,7 +83,7 @@ def jax_device() -> str:
 def make_runner(impl: str, workload: str, opts: Options):
   if impl in JAX_IMPLS:
     return jax_impl.make_runner(workload, opts.size, JAX_IMPLS[impl])
-  from jaxprotect.bench import torch_impl  # noqa: PLC0415 -- optional dependency
+  from benchmarks import torch_impl  # noqa: PLC0415 -- optional dependency
 
   compiles = opts.compiles(workload)
   return torch_impl.make_runner(workload, opts.size, tuned=impl == "torch_tuned", compile_model=compiles,
@@ -93,7 +93,7 @@ def make_runner(impl: str, workload: str, opts: Options):
 def _device_of(impl: str) -> str:
   if impl in JAX_IMPLS:
     return jax_device()
-  from jaxprotect.bench import torch_impl  # noqa: PLC0415
+  from benchmarks import torch_impl  # noqa: PLC0415
 
   return torch_impl.device_name()
 

@@ -11,7 +11,7 @@ Two modes:
   ``torch.compile`` of the model where enabled; a compile failure is caught, recorded
   (``torch.compile n/a: <reason>``) and the workload runs uncompiled.
 
-Runners follow the protocol of ``jaxprotect.bench.jax_impl`` (``setup``, ``run``,
+Runners follow the protocol of ``benchmarks.jax_impl`` (``setup``, ``run``,
 ``details``). Importing this module needs ``torch``.
 """
 
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from jaxprotect.bench import common, torch_models
-from jaxprotect.bench.common import Size
+from benchmarks import common, torch_models
+from benchmarks.common import Size
 
 
 def device() -> torch.device:
@@ -60,8 +60,9 @@ def _forever(loader: DataLoader) -> Iterator:
     yield from loader
 
 
-def mi_ue_loss(feats: torch.Tensor, labels: torch.Tensor, temperature: float = common.MI_UE_TEMPERATURE) -> torch.Tensor:
-  """MI-UE's loss as the reference writes it (METHODS.md section 2): with ``c_ij`` the
+def mi_ue_loss(feats: torch.Tensor, labels: torch.Tensor,
+               temperature: float = common.MI_UE_TEMPERATURE) -> torch.Tensor:
+  """MI-UE's loss as the authors' reference code writes it: with ``c_ij`` the
   cosine similarities, ``-mean_i log(sum_{y_j = y_i} (exp(c_ij/t) + 1e-8) / sum_j (exp(c_ij/t) + 1e-8))``,
   self-similarity included in both sums."""
   f = F.normalize(feats.float(), dim=1)
@@ -104,7 +105,9 @@ def crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
   dx = torch.randint(0, 2 * pad + 1, (b,), device=dev)
   rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
   cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-  out = xp[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
+  batch_idx = torch.arange(b, device=dev)[:, None, None, None]
+  channel_idx = torch.arange(c, device=dev)[None, :, None, None]
+  out = xp[batch_idx, channel_idx, rows, cols]
   flip = torch.rand(b, device=dev) < 0.5
   return torch.where(flip[:, None, None, None], out.flip(3), out)
 
@@ -395,7 +398,8 @@ class E2ERunner(_TorchRunner):
     opt = torch.optim.SGD(net.parameters(), **common.SGD)
     gen = torch.Generator().manual_seed(1)
     xf = x_u8.float() / 255.0
-    noise = ((xf + torch.empty(xf.shape).uniform_(-common.EPS, common.EPS, generator=gen)).clamp(0, 1) - xf).to(self.dev)
+    uniform = torch.empty(xf.shape).uniform_(-common.EPS, common.EPS, generator=gen)
+    noise = ((xf + uniform).clamp(0, 1) - xf).to(self.dev)
     it, iterations, done, acc = None, 0, False, 0.0
     while not done and iterations < e.max_iterations:
       for p in net.parameters():

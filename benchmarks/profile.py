@@ -51,7 +51,8 @@ def top_ops(trace_file: os.PathLike | str, n: int = 8) -> list[dict[str, Any]]:
   with gzip.open(trace_file, "rt") as f:
     t = json.load(f)
   events = t["traceEvents"] if isinstance(t, dict) else t
-  procs = {e["pid"]: e["args"].get("name", "") for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+  procs = {e["pid"]: e["args"].get("name", "") for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
   threads = {(e["pid"], e["tid"]): e["args"].get("name", "") for e in events
              if e.get("ph") == "M" and e.get("name") == "thread_name"}
   with_ops_line = {pid for (pid, _), name in threads.items() if name == "XLA Ops"}

@@ -16,7 +16,7 @@ import numpy as np
 
 NUM_CLASSES = 10
 IMAGE_SHAPE_HWC = (32, 32, 3)  # CIFAR-shaped; PyTorch sees the same pixels as C x H x W
-EPS = 8 / 255  # EM / MI-UE L-inf budget (METHODS.md sections 1-2)
+EPS = 8 / 255  # EM / MI-UE L-inf budget (Huang et al. 2021; Zhu et al. 2026)
 EM_STEP_SIZE = 0.8 / 255
 MI_UE_STEP_SIZE = 0.2 / 255
 MI_UE_TEMPERATURE = 0.1
@@ -24,7 +24,7 @@ CMIM_TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 CMIM_LAMBDA = 1.0
 CMIM_DECAY = 0.99
 SGD = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)  # victim / surrogate optimiser
-GRAD_CLIP = 5.0  # EM surrogate (METHODS.md section 1)
+GRAD_CLIP = 5.0  # EM surrogate (Huang et al. 2021)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +116,8 @@ def synthetic_cifar(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-def write_synthetic_npz(path: os.PathLike | str, train_examples: int, test_examples: int, seed: int = 0) -> pathlib.Path:
+def write_synthetic_npz(path: os.PathLike | str, train_examples: int, test_examples: int,
+                        seed: int = 0) -> pathlib.Path:
   """Writes a synthetic dataset in the ``.npz`` layout ``jaxprotect.data.load_arrays`` reads."""
   path = pathlib.Path(path)
   x_train, y_train = synthetic_cifar(train_examples, seed)

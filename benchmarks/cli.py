@@ -1,11 +1,13 @@
-"""``python -m jaxprotect.bench``: the side-by-side benchmark, jaxprotect vs PyTorch.
+"""``python -m benchmarks``: the side-by-side benchmark, jaxprotect vs PyTorch.
 
-  python -m jaxprotect.bench [--quick | --tiny] [--workloads a,b] [--impl jax,torch_eager,torch_tuned]
-      [--torch-compile all|none|w1,w2] [--out-json experiments/bench/results.json] [--out-md BENCHMARKS.md]
+  python -m benchmarks [--quick | --tiny] [--workloads a,b] [--impl jax,torch_eager,torch_tuned]
+      [--torch-compile all|none|w1,w2] [--out-json benchmarks/results.json] [--out-md docs/BENCHMARKS.md]
 
+Run from the repository root (``benchmarks`` is not part of the installed package).
 Prints the table, writes the rows to ``--out-json`` and the platform's generated section
-of ``--out-md`` (an empty string skips a file). Without PyTorch the JAX rows still run
-and the output says that the PyTorch rows were skipped.
+of ``--out-md`` (an empty string skips a file; the defaults are the repository's files
+wherever the command runs). Without PyTorch the JAX rows still run and the output says
+that the PyTorch rows were skipped.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import dataclasses
 import datetime
 import os
+import pathlib
 import platform as platform_lib
 import shlex
 import sys
@@ -23,10 +26,13 @@ from typing import Any
 
 import jax
 
-from jaxprotect.bench import common, jax_impl, report, suite
-from jaxprotect.bench.common import SIZES, Size
+from benchmarks import common, jax_impl, report, suite
+from benchmarks.common import SIZES, Size
 
 DEFAULT_COMPILE = {"full": "all", "quick": "train_step", "tiny": "none"}
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_JSON = REPO / "benchmarks" / "results.json"
+DEFAULT_MD = REPO / "docs" / "BENCHMARKS.md"
 
 
 def _version(dist: str) -> str | None:
@@ -43,7 +49,15 @@ def _command(argv: list[str]) -> str:
     exe = rel if not rel.startswith("..") else exe
   except ValueError:
     pass
-  return shlex.join([exe, "-m", "jaxprotect.bench", *argv])
+  return shlex.join([exe, "-m", "benchmarks", *argv])
+
+
+def _display(path: pathlib.Path) -> str:
+  """``path`` relative to the working directory when below it (``benchmarks/results.json``)."""
+  try:
+    return str(path.relative_to(pathlib.Path.cwd()))
+  except ValueError:
+    return str(path)
 
 
 def describe_size(size: Size, torch_compile: str) -> str:
@@ -65,10 +79,11 @@ def describe_size(size: Size, torch_compile: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m jaxprotect.bench", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
   g = p.add_mutually_exclusive_group()
   g.add_argument("--quick", action="store_const", const="quick", dest="size",
-                 help="CPU-friendly sizes (ResNet-18 at width 16, batch 64; end to end on 2,048 images with a 60-epoch victim)")
+                 help="CPU-friendly sizes (ResNet-18 at width 16, batch 64; end to end on 2,048 images with a "
+                      "60-epoch victim)")
   g.add_argument("--tiny", action="store_const", const="tiny", dest="size", help="seconds-long sizes for tests")
   g.add_argument("--size", choices=sorted(SIZES), dest="size")
   p.add_argument("--workloads", default=",".join(suite.WORKLOADS), help=f"of {','.join(suite.WORKLOADS)}")
@@ -87,8 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--peak-tflops", type=float,
                  help="bf16 dense peak per device in TFLOP/s, for the model-FLOPs utilisation (default: looked up "
                       "by device name; unknown devices, CPUs among them, get no MFU)")
-  p.add_argument("--out-json", default="experiments/bench/results.json")
-  p.add_argument("--out-md", default="BENCHMARKS.md")
+  p.add_argument("--out-json", default=_display(DEFAULT_JSON), help="the rows, per platform (default: %(default)s)")
+  p.add_argument("--out-md", default=_display(DEFAULT_MD),
+                 help="the Markdown file whose generated section for this platform is replaced (default: %(default)s)")
   p.set_defaults(size="full")
   return p.parse_args(argv)
 
@@ -136,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
 
   torch_device, torch_threads = None, None
   if have_torch:
-    from jaxprotect.bench import torch_impl  # noqa: PLC0415
+    from benchmarks import torch_impl  # noqa: PLC0415
 
     torch_device, torch_threads = torch_impl.device_name(), torch_impl.torch.get_num_threads()
-  print(f"jaxprotect.bench: size {opts.size.name}, workloads {','.join(opts.workloads)}, "
+  print(f"benchmarks: size {opts.size.name}, workloads {','.join(opts.workloads)}, "
         f"implementations {','.join(opts.impls)}, jax on {suite.jax_device()}"
         + (f", torch on {torch_device}" if torch_device else "") + f"; load average {load_before}", flush=True)
   for s in skipped:
