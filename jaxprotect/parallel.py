@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 __all__ = [
     "COMPILATION_CACHE_ENV", "DATA_AXIS", "check_divisible", "data_sharded", "enable_compilation_cache",
     "is_main_process", "make_mesh", "mesh_from_config", "maybe_initialize_distributed", "num_shards",
-    "process_slice", "put", "put_process_local", "replicated", "sync_each_step",
+    "process_slice", "put", "put_process_local", "to_host", "replicated", "sync_each_step",
 ]
 
 DATA_AXIS = "data"
@@ -151,6 +151,15 @@ def put(tree: Any, sharding: NamedSharding) -> Any:
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
   return jax.tree.map(place, tree)
+
+
+def to_host(x: Any) -> np.ndarray:
+  """The whole value of a (possibly multi-process) array as a numpy array on this host:
+  gathered from the other processes when this one does not hold all of it."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
 
 
 def put_process_local(tree: Any, mesh: Mesh) -> Any:

@@ -205,12 +205,12 @@ def craft(
   shape = (n if config.mode == "sample" else k, *ds.train.image_shape)
   sharding = ds.train.images.sharding if config.mode == "sample" else parallel.replicated(mesh)
   if config.delta_init == "zeros" and config.method != "random":  # the control is always uniform noise
-    delta = jax.device_put(jnp.zeros(shape, jnp.float32), sharding)
+    delta = jax.jit(lambda: jnp.zeros(shape, jnp.float32), out_shardings=sharding)()
   elif config.mode == "sample":
     init = jax.jit(pgd.init_delta, static_argnums=(1, 2), out_shardings=sharding)
     delta = init(k_delta, shape, config.eps, ds.train.images)
   else:
-    delta = jax.device_put(pgd.init_delta(k_delta, shape, config.eps), sharding)
+    delta = jax.jit(pgd.init_delta, static_argnums=(1, 2), out_shardings=sharding)(k_delta, shape, config.eps)
   phase = run.Phase(workdir, "craft", config, dataset=ds, total=config.max_iterations, unit="iter",
                     config_hash=crafting_hash(config, None if user_model is None else model.module),
                     record={} if user_model is None else {"user_model": repr(model.module)})
@@ -236,8 +236,10 @@ def craft(
   surrogate = train.init_state(model, optimizer, ds.example, k_model, mesh)
   record: dict[str, Any] = {}
   with phase:
-    state = phase.restore({"surrogate": surrogate, "delta": delta, "iteration": jnp.zeros((), jnp.int32),
-                           "done": jnp.zeros((), bool)})
+    # Scalars as global (replicated) arrays: a multi-process checkpoint saves nothing host-local.
+    rep = parallel.replicated(mesh)
+    state = phase.restore({"surrogate": surrogate, "delta": delta, "iteration": parallel.put(np.int32(0), rep),
+                           "done": parallel.put(np.bool_(False), rep)})
     surrogate, delta, done = state["surrogate"], state["delta"], bool(state["done"])
     iteration = phase.start(int(state["iteration"]), desc=f"{config.method}-{config.mode}")
     while not done and iteration < config.max_iterations:
@@ -261,8 +263,9 @@ def craft(
                 "perturbed_train_accuracy": acc, "step_size": alpha,
                 "delta_linf": float(jnp.max(jnp.abs(delta))) * 255.0}
       phase.log(iteration, advance=1, postfix={"acc": f"{acc:.4f}"}, **record)
-      phase.checkpoint(iteration, {"surrogate": surrogate, "delta": delta, "iteration": jnp.int32(iteration),
-                                   "done": jnp.asarray(done)},
+      phase.checkpoint(iteration, {"surrogate": surrogate, "delta": delta,
+                                   "iteration": parallel.put(np.int32(iteration), rep),
+                                   "done": parallel.put(np.bool_(done), rep)},
                        save=done or iteration % every == 0 or iteration == config.max_iterations)
 
   if not record:  # resumed after the end: report the stored state
@@ -278,8 +281,8 @@ def _finish(config, phase: run.Phase, ds, delta, iteration, done, record, surrog
   poison_dir = phase.workdir / "poison"
   manifest = None
   phase.write_config()
+  delta_host = parallel.to_host(delta)  # a collective when delta is split over processes: every process
   if phase.main:
-    delta_host = np.asarray(jax.device_get(delta))
     manifest = poison_io.save_poison(poison_dir, delta_host, config.mode, ds, config=config,
                                      stats={"iterations": iteration, "stopped_early": done, **record})
     if config.export.preview:
