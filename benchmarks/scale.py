@@ -1,8 +1,9 @@
 """``python -m benchmarks.scale``: jaxprotect's real programs compiled for TPU topologies
 that are not there -- what they would need per chip, compiled, not run.
 
-  python -m benchmarks.scale [--topologies v5e:2x2,v5e:8x8,...] [--quick] [--per-chip-batch 128]
-      [--search v5e:2x2] [--out-json benchmarks/scale_results.json] [--out-md docs/BENCHMARKS.md]
+  python -m benchmarks.scale [--topologies v5e:2x2,v5e:16x16@32,...] [--quick] [--per-chip-batch 128]
+      [--programs train_step,...] [--pgd-steps 2] [--search v5e:2x2] [--search-probes 10]
+      [--out-json benchmarks/scale_results.json] [--out-md docs/BENCHMARKS.md] [--render]
 
 For each topology (``jax.experimental.topologies``: compile-only TPU devices, no TPU
 needed), the one-axis ``data`` mesh over its chips and these programs, lowered from
@@ -25,8 +26,10 @@ seconds, and a roofline estimate of the program's time -- a model, not a measure
 ``--search`` topologies also get the largest per-chip batch of the training step that
 fits the chip's HBM, found by compiling (doubling, then bisection).
 
-Needs libtpu (``pip install -e '.[aot]'``). Writes ``--out-json`` and the "Scale
-(compiled, not run)" section of ``--out-md`` (an empty string skips a file).
+Needs libtpu (``pip install -e '.[aot]'``). Writes ``--out-json`` (after every program, so
+an interrupted run keeps what it compiled) and the "Scale (compiled, not run)" section of
+``--out-md`` (an empty string skips a file); ``--render`` rewrites that section from the
+results file without compiling. ``name@B`` gives one topology its own per-chip batch.
 """
 
 from __future__ import annotations
@@ -441,7 +444,7 @@ def _gib(b: float | None) -> str:
 
 
 def _mb(b: float | None) -> str:
-  return "-" if b is None else (f"{b / 1e6:.1f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB")
+  return "-" if b is None else (f"{b / 1e6:.1f} MB" if b >= 1e6 else f"{b / 1e3:.1f} kB")
 
 
 def _collective_cell(coll: dict[str, Any]) -> str:
@@ -505,12 +508,18 @@ def table(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def _probe_cell(probe: dict[str, Any]) -> str:
+  if not probe["error"]:
+    return f"{_gib(probe['total_bytes'])} GiB"
+  need = re.search(r"\(([\d.]+G)\) exceeds available HBM \(([\d.]+G)\)", probe["error"])
+  return f"OOM ({need.group(1)} of temporaries > {need.group(2)})" if need else "OOM"
+
+
 def search_table(searches: list[dict[str, Any]]) -> str:
-  lines = ["| topology | largest per-chip batch that fits | smallest that does not | compiles | probes (batch: GiB) |",
+  lines = ["| topology | largest per-chip batch that fits | smallest that does not | compiles | probes (batch: need) |",
            "|---|---|---|---|---|"]
   for s in searches:
-    probes = ", ".join(f"{p['per_chip_batch']}: {'OOM' if p['error'] else _gib(p['total_bytes'])}"
-                       for p in s["probes"])
+    probes = ", ".join(f"{p['per_chip_batch']}: {_probe_cell(p)}" for p in s["probes"])
     lines.append(f"| {s['topology']} | {s['largest_fitting'] or '-'} | {s['smallest_failing'] or '-'} | "
                  f"{len(s['probes'])} | {probes} |")
   return "\n".join(lines)
@@ -576,27 +585,39 @@ def markdown_section(meta: dict[str, Any], rows: list[dict[str, Any]], searches:
 
 
 def gradient_all_reduce_findings(rows: list[dict[str, Any]]) -> list[str]:
-  """What the HLO of the bf16 training step says about the dtype of the gradient sum."""
-  out = []
+  """What the HLO of the bf16 training step says about the dtype of the gradient sum (one
+  line per distinct answer, naming its topologies)."""
+  by_text: dict[str, list[str]] = {}
   for r in rows:
     if r["program"] != "train_step" or r.get("error"):
       continue
-    big = (r["collectives"].get("all-reduce") or {}).get("largest")
+    ar = r["collectives"].get("all-reduce") or {}
+    big = ar.get("largest")
     if big:
-      out.append(f"{r['topology']}: the largest all-reduce of the bf16 training step carries {_mb(big['bytes'])} "
-                 f"in {'/'.join(big['dtypes'])} ({big['operands']} arrays).")
-  return out
+      text = (f"the bf16 training step sums its gradients across chips in {ar['count']} all-reduces; the largest "
+              f"carries {_mb(big['bytes'])} in {'/'.join(big['dtypes'])} ({big['operands']} arrays), the others "
+              f"{_mb(ar['bytes'] - big['bytes'])} together")
+      by_text.setdefault(text, []).append(r["topology"])
+  return [f"{', '.join(tops)}: {text}." for text, tops in by_text.items()]
+
+
+REDUCTION_ORDER = ("params cast to bf16 inside the loss (the models' way)", "gradients cast to f32 after jax.grad",
+                   "convolution with preferred_element_type=f32",
+                   "shard_map: per-chip gradients cast to f32, then pmean")
 
 
 def reduction_findings(reductions: dict[str, Any]) -> list[str]:
   if not reductions:
     return []
+  variants = reductions["variants"]
+  names = [n for n in REDUCTION_ORDER if n in variants] + sorted(set(variants) - set(REDUCTION_ORDER))
   parts = []
-  for name, r in reductions["variants"].items():
+  for name in names:
+    r = variants[name]
     parts.append(f"{name}: failed ({r['error']})" if "error" in r else
-                 f"{name}: {r['count']} all-reduce(s) in {'/'.join(r['dtypes']) or '-'}")
-  return [f"Which dtype the cross-chip gradient sum takes (a bf16 3x3x64x64 convolution compiled for "
-          f"{reductions['topology']}): " + "; ".join(parts) + "."]
+                 f"{name}: {r['count']} all-reduce of {_mb(r['bytes'])} in {'/'.join(r['dtypes']) or '-'}")
+  return [f"Which dtype the cross-chip gradient sum takes (the gradient of a bf16 3x3x64x64 convolution, "
+          f"compiled for {reductions['topology']}): " + "; ".join(parts) + "."]
 
 
 # ---------------------------------------------------------------------------------------
@@ -633,7 +654,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--out-json", default=str(DEFAULT_JSON))
   p.add_argument("--out-md", default=str(DEFAULT_MD))
   p.add_argument("--render", action="store_true",
-                 help="compile nothing: rewrite the Markdown section from the results in --out-json")
+                 help="compile nothing: rewrite the Markdown section (and the derived findings) from --out-json")
   return p.parse_args(argv)
 
 
@@ -644,14 +665,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks import report  # noqa: PLC0415
 
+    from jaxprotect import config as config_lib  # noqa: PLC0415
+
     saved = json.loads(pathlib.Path(args.out_json).read_text())
-    findings = saved.get("findings", []) + reduction_findings(saved.get("gradient_sum_dtype") or {})
+    saved["findings"] = gradient_all_reduce_findings(saved["rows"])  # derived: as this version words them
+    config_lib.write_json_atomic(args.out_json, saved)
+    findings = saved["findings"] + reduction_findings(saved.get("gradient_sum_dtype") or {})
     section = markdown_section(saved["metadata"], saved["rows"], saved.get("max_batch_search", []), findings)
     report.write_markdown(args.out_md, section, SECTION)
     print(section)
     return 0
   libtpu_version = require_libtpu()
   import jax  # noqa: PLC0415
+
+  # Compile-only executables cannot be read back from the persistent cache, and compile seconds are measured.
+  jax.config.update("jax_enable_compilation_cache", False)
 
   from benchmarks import report  # noqa: PLC0415
   from jaxprotect import config as config_lib, parallel  # noqa: PLC0415

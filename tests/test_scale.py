@@ -21,7 +21,13 @@ def compiled_step():
   mesh = parallel.make_mesh(devices=topo.devices)
   programs = scale.Programs(mesh, scale.Setting(per_chip_batch=PER_CHIP_BATCH))
   step, args, _ = programs.build("train_step")
-  return programs, step.lower(*args).compile()
+  # A compile-only client cannot read an executable back from the persistent cache (conftest enables it).
+  enabled = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    return programs, step.lower(*args).compile()
+  finally:
+    jax.config.update("jax_enable_compilation_cache", enabled)
 
 
 def test_topology_is_compile_only_and_not_the_local_backend():
