@@ -130,17 +130,20 @@ def median(xs: list[float]) -> float:
   return float(statistics.median(xs))
 
 
-def cpu_name() -> str:
-  """The CPU model (from /proc/cpuinfo where readable) and the number of usable cores."""
-  name = platform.processor() or platform.machine()
+def cpu_model() -> str:
+  """The CPU model, from /proc/cpuinfo where readable."""
   try:
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
       if line.startswith("model name"):
-        name = line.split(":", 1)[1].strip()
-        break
+        return line.split(":", 1)[1].strip()
   except OSError:
     pass
-  return f"{name}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
+  return platform.processor() or platform.machine()
+
+
+def cpu_name() -> str:
+  """The CPU model and the number of usable cores."""
+  return f"{cpu_model()}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
 
 
 def load_average() -> list[float] | None:

@@ -625,15 +625,10 @@ def reduction_findings(reductions: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------------------
 
 def machine() -> str:
-  cpu = platform_lib.processor() or platform_lib.machine()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return f"compiled on {os.cpu_count()} CPU cores ({cpu}), {platform_lib.system()}, no accelerator used"
+  from benchmarks import common  # noqa: PLC0415
+
+  return (f"compiled on {os.cpu_count()} CPU cores ({common.cpu_model()}), {platform_lib.system()}, "
+          "no accelerator used")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

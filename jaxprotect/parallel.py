@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxprotect import platform
+
 __all__ = [
     "COMPILATION_CACHE_ENV", "DATA_AXIS", "check_divisible", "data_sharded", "enable_compilation_cache",
     "is_main_process", "make_mesh", "mesh_from_config", "maybe_initialize_distributed", "num_shards",
@@ -136,7 +138,7 @@ def sync_each_step(mesh: Mesh) -> bool:
   several CPU devices in one process (simulated devices), whose collectives share one
   thread pool and can starve each other's rendezvous when many programs are in flight.
   Waiting costs nothing there (the host is the device); elsewhere programs run ahead."""
-  return mesh.devices.flat[0].platform == "cpu" and mesh.devices.size > 1  # see platform.is_cpu
+  return platform.is_cpu(mesh) and mesh.devices.size > 1
 
 
 def put(tree: Any, sharding: NamedSharding) -> Any:
