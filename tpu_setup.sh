@@ -5,7 +5,7 @@
 #
 # Example:
 #   ./tpu_setup.sh my-v4-32 us-central2-b experiments/train.py:cifar10 gs://bucket/runs/c10 \
-#       --config.data_dir=gs://bucket/tfds
+#       --config.data.dir=gs://bucket/tfds
 #
 # Every host runs the same command; jaxprotect calls jax.distributed.initialize() itself
 # when it sees a multi-worker TPU slice (TPU_WORKER_HOSTNAMES), each host loads its data,

@@ -21,7 +21,7 @@ import numpy as np
 from jaxprotect import data, losses, models, parallel, train
 from benchmarks import common
 from benchmarks.common import E2ESize, Size
-from jaxprotect.config import train_config
+from jaxprotect.config import optimizer_config
 from jaxprotect.data.augment import AugmentConfig
 from jaxprotect.unlearnable import crafting, pgd, victims
 
@@ -56,7 +56,7 @@ def _device_dataset(n: int, mesh) -> data.DeviceDataset:
 
 
 def _sgd(steps_per_epoch: int):
-  opt = train_config().optimizer
+  opt = optimizer_config()
   opt.lr, opt.momentum, opt.weight_decay = common.SGD["lr"], common.SGD["momentum"], common.SGD["weight_decay"]
   opt.schedule = "constant"
   return train.make_optimizer(opt, steps_per_epoch, 1)
@@ -193,21 +193,15 @@ def e2e_config(e: E2ESize, dataset: str, dtype: str = "float32"):
   """The crafting + victim config of the end-to-end workload (EM sample-wise defaults of
   ``crafting.unlearnable_config`` at the sizes of ``e``)."""
   c = crafting.unlearnable_config()
-  c.dataset = dataset
-  c.model = e.model
-  c.dtype = dtype
+  c.data.name = dataset
+  s = c.surrogate
+  s.model, s.dtype, s.batch_size, s.eval_batch_size = e.model, dtype, e.batch, e.pgd_batch
   if e.width is not None:
-    c.model_kwargs.width = e.width
-  c.batch_size = e.batch
-  c.eval_batch_size = e.pgd_batch
-  c.pgd.batch_size = e.pgd_batch
-  c.pgd.steps = e.pgd_steps
-  c.train_steps = e.train_steps
-  c.max_iterations = e.max_iterations
-  c.stop_error = e.stop_error
-  c.progress = False
-  c.tensorboard = False
-  c.evaluate_clean = False
+    s.model_kwargs.width = e.width
+  k = c.craft
+  k.pgd.batch_size, k.pgd.steps, k.train_steps = e.pgd_batch, e.pgd_steps, e.train_steps
+  k.max_iterations, k.stop_error = e.max_iterations, e.stop_error
+  c.runtime.progress, c.runtime.tensorboard, c.evaluate.clean = False, False, False
   v = c.victim
   v.model, v.dtype, v.epochs, v.batch_size, v.eval_batch_size = e.model, dtype, e.victim_epochs, e.victim_batch, 512
   if e.width is not None:
@@ -245,7 +239,7 @@ class E2ERunner:
       mesh = parallel.make_mesh()
       craft = crafting.craft(config, tmp / "craft", mesh)
       t1 = time.perf_counter()
-      config.poison = str(tmp / "craft")
+      config.evaluate.poison = str(tmp / "craft")
       victim = victims.evaluate(config, tmp / "victim", mesh)
       t2 = time.perf_counter()
     self._details = {"craft_s": t1 - t0, "victim_s": t2 - t1, "iterations": craft["iterations"],

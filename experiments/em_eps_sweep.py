@@ -2,16 +2,18 @@
 eps, surrogate, victim augmentation and training-set size on the embedded slice, with a
 uniform-random-noise control.
 
-  python experiments/em_eps_sweep.py --workdir runs/em_eps [--rows B,C,R]
+  python experiments/em_eps_sweep.py --workdir runs/em_eps [--rows B,C,R] [--config.<section>.<field>=<value> ...]
 
-Every row crafts with ``jaxprotect poison`` (``experiments/em.py:fashion_mnist_mini``,
-surrogate batch 32, 5 surrogate steps + 10 PGD steps of eps/10 per outer iteration, stop
-rule 1%) and trains small-CNN victims for 5 epochs (batch 100) with ``jaxprotect
-evaluate``. The control row's noise is ``em.py:...,random`` (uniform in [-eps, eps]).
-Writes ``table.md`` and ``table.json``; rerunning resumes finished runs instead of
-redoing them. With row L (the class-wise poison on 10k images) it also prints how far
-apart the classes and the class-wise patterns are, and what a linear classifier trained
-on that poison scores on the clean test set.
+Every row (``row_config``) crafts with ``jaxprotect.unlearnable.craft``
+(``experiments/em.py:fashion_mnist_mini``, surrogate batch 32, 5 surrogate steps + 10 PGD
+steps of eps/10 per outer iteration, stop rule 1%) and trains small-CNN victims for 5
+epochs (batch 100) with ``victims.evaluate`` -- what ``jaxprotect poison`` and
+``jaxprotect evaluate`` run. The control row's noise is ``em.py:...,random`` (uniform in
+[-eps, eps]). Extra ``--config.*`` arguments override every row's config. Writes
+``table.md`` and ``table.json``; rerunning resumes finished runs instead of redoing them.
+With row L (the class-wise poison on 10k images) it also prints how far apart the
+classes and the class-wise patterns are, and what a linear classifier trained on that
+poison scores on the clean test set.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import pathlib
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SURROGATES = {"mlp": ["--config.model=mlp"], "small_cnn": ["--config.model_kwargs.width=16"]}
+# The surrogate of a row, as config overrides.
+SURROGATES = {"mlp": ["surrogate.model=mlp"], "small_cnn": ["surrogate.model_kwargs.width=16"]}
 LABELS = {"mlp": "MLP (32-32)", "small_cnn": "small-CNN (width 16)"}
 # name: (training images, eps, surrogate or "random", victim augmentation, mode)
 ROWS = {
@@ -42,18 +45,29 @@ ROWS = {
 }
 
 
-def row_args(size, eps, surrogate, augment, mode):
-  """The ``jaxprotect poison``/``evaluate`` arguments of a row (later ``--config.*`` flags
-  override these: the test suite's victim-effect test extends row J this way)."""
+def row_config(size, eps, surrogate, augment, mode, overrides=()):
+  """The crafting + victim config of a row (``experiments/em.py:fashion_mnist_mini`` with
+  the row's settings), then ``overrides`` (``"section.field=value"``; the test suite's
+  victim-effect test extends row J this way)."""
+  from jaxprotect import config as config_lib
+
   variant = ("fashion_mnist_mini" + (",classwise" if mode == "class" else "")
              + (",random" if surrogate == "random" else ""))
-  args = ["--config", f"{REPO / 'experiments' / 'em.py'}:{variant}",
-          f"--config.train_subset={size}", "--config.num_devices=1", "--config.progress=False",
-          f"--config.eps={eps}", f"--config.pgd.step_size={eps / 10}", "--config.batch_size=32",
-          "--config.train_steps=5", "--config.pgd.batch_size=250", "--config.pgd.steps=10",
-          "--config.max_iterations=60", "--config.victim.epochs=5", "--config.victim.batch_size=100",
-          f"--config.victim.augment={augment}"]
-  return args + SURROGATES.get(surrogate, [])
+  c = config_lib.from_file(f"{REPO / 'experiments' / 'em.py'}:{variant}")
+  c.data.train_subset = size
+  c.runtime.num_devices = 1
+  c.runtime.progress = False
+  c.craft.eps = eps
+  c.craft.pgd.step_size = eps / 10
+  c.craft.train_steps = 5
+  c.craft.pgd.batch_size = 250
+  c.craft.pgd.steps = 10
+  c.craft.max_iterations = 60
+  c.surrogate.batch_size = 32
+  c.victim.epochs = 5
+  c.victim.batch_size = 100
+  c.victim.augment = augment
+  return config_lib.apply_overrides(c, [*SURROGATES.get(surrogate, []), *overrides])
 
 
 def linear_probe(poison_dir: pathlib.Path, size: int) -> dict:
@@ -97,23 +111,39 @@ def linear_probe(poison_dir: pathlib.Path, size: int) -> dict:
 
 
 def main(argv=None) -> int:
-  from jaxprotect.cli import main as cli
+  from jaxprotect import flags, platform
 
+  argv, spec, overrides = flags.split_config_args(sys.argv[1:] if argv is None else argv)
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", default="runs/em_eps")
   p.add_argument("--rows", default=",".join(ROWS))
   a = p.parse_args(argv)
+  if spec is not None:
+    p.error("--config: the rows' config is experiments/em.py; override fields with --config.<section>.<field>=<value>")
+  platform.apply_cpu_xla_flags()  # as the jaxprotect command does, before JAX starts
+  from jaxprotect import parallel
+  from jaxprotect.unlearnable import craft, victims
+
+  parallel.enable_compilation_cache()
+  parallel.maybe_initialize_distributed()
   work, rows, names = pathlib.Path(a.workdir), [], a.rows.split(",")
-  for name in names:
-    size, eps, surrogate, augment, mode = ROWS[name]
-    args, craft, victim = row_args(size, eps, surrogate, augment, mode), work / name, work / f"{name}_victim"
-    if cli(["poison", *args, "--workdir", str(craft)]) != 0:
-      return 1
-    if cli(["evaluate", *args, f"--config.poison={craft}", "--workdir", str(victim)]) != 0:
-      return 1
-    acc = json.loads((victim / "results.json").read_text())["test_accuracy"]
-    rows.append({"row": name, "train_images": size, "eps": eps, "surrogate": surrogate, "mode": mode,
-                 "victim_augment": augment, "clean": acc["clean"], "poisoned": acc["poisoned"]})
+  unknown = [n for n in names if n not in ROWS]
+  if unknown:
+    p.error(f"--rows: unknown row(s) {unknown}; use {','.join(ROWS)}")
+  try:
+    for name in names:
+      size, eps, surrogate, augment, mode = ROWS[name]
+      c = row_config(size, eps, surrogate, augment, mode, overrides)
+      craft(c, work / name)
+      c.evaluate.poison = str(work / name)
+      acc = victims.evaluate(c, work / f"{name}_victim")["test_accuracy"]
+      # What ran (extra --config.* arguments may have changed the row's settings).
+      rows.append({"row": name, "train_images": c.data.train_subset, "eps": c.craft.eps, "surrogate": surrogate,
+                   "mode": c.craft.mode, "victim_augment": c.victim.augment, "clean": acc["clean"],
+                   "poisoned": acc["poisoned"]})
+  except (ValueError, platform.MissingExtraError) as e:
+    print(f"em_eps_sweep: error: {e}", file=sys.stderr)
+    return 1
   lines = ["| training images | eps | noise | victim augmentation | clean victim | poisoned victim | drop |",
            "|---|---|---|---|---|---|---|"]
   for r in rows:
@@ -123,7 +153,7 @@ def main(argv=None) -> int:
     lines.append(f"| {r['train_images']:,} | {eps} | {noise} | {r['victim_augment']} | {100 * r['clean']:.2f}% | "
                  f"{100 * r['poisoned']:.2f}% | {100 * (r['clean'] - r['poisoned']):.1f} |")
   if "L" in names:
-    probe = linear_probe(work / "L", ROWS["L"][0])
+    probe = linear_probe(work / "L", next(r["train_images"] for r in rows if r["row"] == "L"))
     (work / "linear_probe.json").write_text(json.dumps(probe, indent=2))
     lines += ["", f"linear probe (row L): {json.dumps(probe)}"]
   (work / "table.md").write_text("\n".join(lines) + "\n")

@@ -1,13 +1,14 @@
 """The unlearnable-examples results table: clean vs EM sample-wise vs EM class-wise vs
-MI-UE vs uniform random noise of the same eps (the control), each made with ``jaxprotect
-poison`` and evaluated with ``jaxprotect evaluate``.
+MI-UE vs uniform random noise of the same eps (the control), each crafted with
+``jaxprotect.unlearnable.craft`` and evaluated with ``victims.evaluate`` (what
+``jaxprotect poison`` and ``jaxprotect evaluate`` run).
 
   python experiments/unlearnable_table.py --variant fashion_mnist_mini --workdir runs/ue [--config.<field>=<value> ...]
 
-Extra ``--config.*`` arguments go to every poison/evaluate command (e.g.
-``--config.model=mlp`` for a cheap surrogate, ``--config.data_dir=DIR``). Every step is
-a resumable run directory under ``--workdir``; re-running skips finished ones. Writes
-``table.md`` and ``table.json`` there.
+Extra ``--config.<section>.<field>=<value>`` arguments override every config (e.g.
+``--config.surrogate.model=mlp`` for a cheap surrogate, ``--config.victim.model=mlp``,
+``--config.data.dir=DIR``). Every step is a resumable run directory under ``--workdir``;
+re-running skips finished ones. Writes ``table.md`` and ``table.json`` there.
 """
 
 from __future__ import annotations
@@ -23,33 +24,54 @@ METHODS = (("em_sample", "em.py:{v}"), ("em_class", "em.py:{v},classwise"), ("mi
            ("random", "em.py:{v},random"))  # the control: uniform noise in [-eps, eps]
 
 
-def main(argv=None) -> int:
-  from jaxprotect.cli import main as cli
+def method_config(spec: str, variant: str, overrides=()):
+  """The config of one row: ``experiments/<spec>`` at ``variant`` with ``overrides``
+  (``"section.field=value"``) applied."""
+  from jaxprotect import config as config_lib
 
+  c = config_lib.from_file(REPO / "experiments" / spec.format(v=variant))
+  return config_lib.apply_overrides(c, overrides)
+
+
+def main(argv=None) -> int:
+  from jaxprotect import flags, platform
+
+  argv, spec, overrides = flags.split_config_args(sys.argv[1:] if argv is None else argv)
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--variant", default="fashion_mnist_mini")
   p.add_argument("--workdir", default="runs/unlearnable_table")
-  args, extra = p.parse_known_args(argv)
+  args = p.parse_args(argv)
+  if spec is not None:
+    p.error("--config: the table's configs are experiments/em.py and mi_ue.py at --variant; "
+            "override fields with --config.<section>.<field>=<value>")
+  platform.apply_cpu_xla_flags()  # as the jaxprotect command does, before JAX starts
+  from jaxprotect import parallel
+  from jaxprotect.unlearnable import craft, victims
+
+  parallel.enable_compilation_cache()
+  parallel.maybe_initialize_distributed()
   work = pathlib.Path(args.workdir)
+  extra = [f"--config.{o}" for o in overrides]
   rows, t0 = [], time.time()
-  for i, (name, cfg) in enumerate(METHODS):
-    config = ["--config", str(REPO / "experiments" / cfg.format(v=args.variant)), *extra]
-    t = time.time()
-    if cli(["poison", *config, "--workdir", str(work / name)]) != 0:
-      return 1
-    craft_s = time.time() - t
-    t = time.time()
-    if cli(["evaluate", *config, f"--config.poison={work / name}", f"--config.evaluate_clean={i == 0}",
-            "--workdir", str(work / f"{name}_victim")]) != 0:
-      return 1
-    craft = json.loads((work / name / "results.json").read_text())
-    ev = json.loads((work / f"{name}_victim" / "results.json").read_text())
-    if i == 0:
-      rows.append({"poison": "none (clean)", "victim_test_accuracy": ev["test_accuracy"]["clean"]})
-    rows.append({"poison": name, "victim_test_accuracy": ev["test_accuracy"]["poisoned"],
-                 "iterations": craft["iterations"], "surrogate_perturbed_acc": craft["perturbed_train_accuracy"],
-                 "surrogate_clean_acc": craft["clean_train_accuracy"], "craft_seconds": round(craft_s),
-                 "victim_seconds": round(time.time() - t), "victim": ev["victim"]})
+  try:
+    for i, (name, cfg) in enumerate(METHODS):
+      c = method_config(cfg, args.variant, overrides)
+      c.evaluate.poison = str(work / name)
+      c.evaluate.clean = i == 0  # one clean victim: the recipe is the same for every row
+      t = time.time()
+      crafted = craft(c, work / name)
+      craft_s = time.time() - t
+      t = time.time()
+      ev = victims.evaluate(c, work / f"{name}_victim")
+      if i == 0:
+        rows.append({"poison": "none (clean)", "victim_test_accuracy": ev["test_accuracy"]["clean"]})
+      rows.append({"poison": name, "victim_test_accuracy": ev["test_accuracy"]["poisoned"],
+                   "iterations": crafted["iterations"], "surrogate_perturbed_acc": crafted["perturbed_train_accuracy"],
+                   "surrogate_clean_acc": crafted["clean_train_accuracy"], "craft_seconds": round(craft_s),
+                   "victim_seconds": round(time.time() - t), "victim": ev["victim"]})
+  except (ValueError, platform.MissingExtraError) as e:
+    print(f"unlearnable_table: error: {e}", file=sys.stderr)
+    return 1
   lines = [f"variant `{args.variant}`, extra arguments `{' '.join(extra) or '-'}`", "",
            "| poison | victim clean-test acc. | outer iterations | surrogate acc. perturbed / clean train | craft s |",
            "|---|---|---|---|---|"]
@@ -62,9 +84,10 @@ def main(argv=None) -> int:
                    f"{r['craft_seconds']} |")
     else:
       lines.append(f"| {r['poison']} | {100 * r['victim_test_accuracy']:.2f}% | | | |")
-  (work / "table.md").write_text("\n".join(lines) + "\n")
-  (work / "table.json").write_text(json.dumps({"variant": args.variant, "extra": extra, "rows": rows,
-                                               "seconds": round(time.time() - t0)}, indent=2))
+  if parallel.is_main_process():
+    (work / "table.md").write_text("\n".join(lines) + "\n")
+    (work / "table.json").write_text(json.dumps({"variant": args.variant, "extra": extra, "rows": rows,
+                                                 "seconds": round(time.time() - t0)}, indent=2))
   print("\n".join(lines))
   return 0
 

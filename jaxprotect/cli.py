@@ -18,12 +18,13 @@ from jaxprotect.flags import parse_config_command, parse_flags
 USAGE = """usage: jaxprotect <command> [flags]
 
 commands:
-  train     train a model: --config experiments/train.py[:variant] --config.<field>=<value> --workdir DIR
+  train     train a model: --config experiments/train.py[:variant] --config.<section>.<field>=<value>
+            --workdir DIR
   demo      a short offline run on the embedded Fashion-MNIST slice: --workdir DIR [--epochs N]
   devices   print the devices JAX sees and the mesh jaxprotect would use
   poison    craft unlearnable examples: --config experiments/em.py[:variant] --workdir DIR
   evaluate  train victims on a poison and on clean data: --config experiments/em.py[:variant]
-            --config.poison=POISON_DIR --workdir DIR
+            --config.evaluate.poison=POISON_DIR --workdir DIR
   distill   undistillable teachers and knock-off students: distill {teacher,attack,report} ...
 
 Every command takes --help. A run directory holds config.json, metrics.jsonl,
@@ -68,8 +69,8 @@ def cmd_demo(argv: Sequence[str]) -> int:
 
   parallel.maybe_initialize_distributed()
   config = config_lib.train_config()
-  config.epochs = fv.epochs
-  config.train_subset = fv.train_subset
+  config.train.epochs = fv.epochs
+  config.data.train_subset = fv.train_subset
   print(f"jaxprotect demo: small CNN on the embedded Fashion-MNIST slice, {fv.epochs} epochs -> {fv.workdir}")
   results = runner.fit(config, fv.workdir)
   print(summary(results))

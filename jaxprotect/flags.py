@@ -1,13 +1,12 @@
 """Flag parsing shared by every ``jaxprotect`` command (``jaxprotect.cli`` and the method
 packages' ``unlearnable.cli`` and ``distill.cli``).
 
-* ``parse_flags(argv, define)`` -- absl-style flags of one command (``argv[0]`` its name):
-  ``define(fv, flags)`` declares them on a fresh ``FlagValues``; ``--help`` prints them and
-  exits 0, a bad flag exits 2. ``--config.[victim.]model_kwargs.<key>=<value>`` may add a
-  model-constructor keyword that the config does not list yet.
-* ``define_config_flags`` -- ``--config`` (an ``ml_collections`` config file
-  ``file.py[:variant]`` with ``--config.<field>=<value>`` overrides, as in big_vision) and
-  ``--workdir``;
+* ``parse_flags(argv, define)`` -- the flags of one command (``argv[0]`` its name):
+  ``define(fv, flags)`` declares them on a fresh absl ``FlagValues``; ``--help`` prints them
+  and exits 0, a bad flag exits 2. A command that calls ``define_config_flags`` also takes
+  ``--config file.py[:variant]`` and ``--config.<section>.<field>=<value>`` overrides,
+  read by ``jaxprotect.config.from_file`` and ``apply_overrides`` (as in big_vision);
+* ``define_config_flags`` -- ``--config`` and ``--workdir``;
 * ``parse_config_command`` -- the start of every config-driven command: parse, require
   ``--config`` and ``--workdir``, join a multi-host run;
 * ``require`` -- says which required flags are missing.
@@ -18,58 +17,70 @@ module (and ``jaxprotect --help``) stays cheap.
 
 from __future__ import annotations
 
-import ast
-import re
 import sys
+import types
 from collections.abc import Callable, Sequence
 
-__all__ = ["define_config_flags", "parse_config_command", "parse_flags", "require"]
-
-# ``--config.<path>model_kwargs.<key>=<value>``: keyword arguments of a model constructor,
-# which a config cannot list in advance (they depend on the model chosen).
-_MODEL_KWARG = re.compile(r"--config\.((?:\w+\.)*model_kwargs)\.(\w+)=(.*)", re.S)
+__all__ = ["define_config_flags", "parse_config_command", "parse_flags", "require", "split_config_args"]
 
 
-def parse_flags(argv: Sequence[str], define: Callable) -> object:
-  """Parses absl-style flags for one command; prints help and exits on --help.
+def split_config_args(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
+  """``(other arguments, the --config file spec or None, the --config.<field>=<value>
+  overrides as "field=value")``; ``--config X`` and ``--config.<field> X`` take the next
+  argument as their value."""
+  rest, spec, overrides = [], None, []
+  args = list(argv)
+  i = 0
+  while i < len(args):
+    a = args[i]
+    name, eq, value = a.partition("=")
+    if name == "--config" or name.startswith("--config."):
+      if not eq:
+        if i + 1 >= len(args):
+          raise ValueError(f"{a} needs a value")
+        value, i = args[i + 1], i + 1
+      if name == "--config":
+        spec = value
+      else:
+        overrides.append(f"{name[len('--config.'):]}={value}")
+    else:
+      rest.append(a)
+    i += 1
+  return rest, spec, overrides
 
-  ``ml_collections.config_flags`` finds ``--config.<field>`` overrides in ``sys.argv``,
-  so it is set to this command line while parsing (``main`` may be called in-process).
-  ``--config.[victim.]model_kwargs.<key>=<value>`` may name a key the config does not
-  have yet (e.g. ``width`` of a ResNet); its value is a Python literal or a string.
-  """
+
+def parse_flags(argv: Sequence[str], define: Callable) -> types.SimpleNamespace:
+  """Parses the flags of one command; prints help and exits on --help; exits 2 on a bad
+  flag or config. Returns the flag values as attributes (``config``: the loaded, locked
+  config, when the command takes one and ``--config`` was given)."""
   from absl import flags
 
-  matches = [_MODEL_KWARG.fullmatch(a) for a in argv]
-  kwargs = [m.groups() for m in matches if m]
-  argv = [a for a, m in zip(argv, matches) if not m]
-  fv = flags.FlagValues()
-  saved, sys.argv = sys.argv, ["jaxprotect", *argv]
+  from jaxprotect import config as config_lib  # noqa: PLC0415
+
+  command = argv[0]
   try:
-    define(fv, flags)
-    fv = _parse_into(fv, argv, flags)
-  finally:
-    sys.argv = saved
-  if kwargs and getattr(fv, "config", None) is not None:
-    _set_model_kwargs(fv.config, kwargs, argv[0])
-  return fv
-
-
-def _set_model_kwargs(config, kwargs: list[tuple[str, str, str]], command: str) -> None:
-  for path, key, text in kwargs:
-    node = config
+    argv, spec, overrides = split_config_args(argv)
+  except ValueError as e:
+    _fail(command, e)
+  fv = flags.FlagValues()
+  define(fv, flags)
+  fv = _parse_into(fv, argv, flags)
+  values = types.SimpleNamespace(**{name: fv[name].value for name in fv})
+  if (spec or overrides) and "config" not in fv:
+    _fail(command, "this command takes no --config")
+  if overrides and not spec:
+    _fail(command, "--config.<field> overrides need --config FILE")
+  if spec:
     try:
-      for part in path.split("."):
-        node = node[part]
-      try:
-        value = ast.literal_eval(text)
-      except (ValueError, SyntaxError):
-        value = text
-      with config.unlocked():
-        node[key] = value
-    except (KeyError, AttributeError, TypeError) as e:
-      print(f"jaxprotect {command}: cannot set --config.{path}.{key}={text}: {e}", file=sys.stderr)
-      raise SystemExit(2) from e
+      values.config = config_lib.lock(config_lib.apply_overrides(config_lib.from_file(spec), overrides))
+    except ValueError as e:
+      _fail(command, e)
+  return values
+
+
+def _fail(command: str, error) -> None:
+  print(f"jaxprotect {command}: {error}", file=sys.stderr)
+  raise SystemExit(2)
 
 
 def _parse_into(fv, argv: Sequence[str], flags) -> object:
@@ -86,11 +97,10 @@ def _parse_into(fv, argv: Sequence[str], flags) -> object:
 
 
 def define_config_flags(fv, flags, config_help: str = "experiment config file[:variant]") -> None:
-  """``--config`` (an ml_collections config file, ``--config.<field>=<value>`` overrides)
-  and ``--workdir``: the flags of every config-driven command."""
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, config_help, flag_values=fv, lock_config=True)
+  """``--config`` (an experiment file, with ``--config.<field>=<value>`` overrides) and
+  ``--workdir``: the flags of every config-driven command."""
+  flags.DEFINE_string("config", None, f"{config_help}; --config.<section>.<field>=<value> overrides a field",
+                      flag_values=fv)
   flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds checkpoints)", flag_values=fv)
 
 

@@ -106,10 +106,12 @@ def make_mesh(num_devices: int | None = None, devices: Sequence[Any] | None = No
 
 
 def mesh_from_config(config: Any, mesh: Mesh | None = None) -> Mesh:
-  """``mesh`` if given, else a ``data`` mesh over ``config.num_devices`` devices (0: all)."""
+  """``mesh`` if given, else a ``data`` mesh over ``runtime.num_devices`` devices (0: all);
+  ``config`` is a run config or its ``runtime`` section."""
   if mesh is not None:
     return mesh
-  return make_mesh(config.get("num_devices") or None)
+  runtime = config.get("runtime", config)
+  return make_mesh(runtime.get("num_devices") or None)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -26,9 +26,10 @@ What a phase gets without code of its own:
   itself at the first ``checkpoint`` call whose position reaches ``N`` (after starting
   that checkpoint's save).
 
-The config hash leaves out the fields that do not change results
-(``config.NON_SEMANTIC_FIELDS``); a phase with its own notion of what counts passes
-``config_hash`` itself.
+The config hash covers the phase's own ``sections`` of the config (``config.phase_hash``;
+default: every section but ``runtime``) and any ``hash_extra`` values the phase computes
+from (a user's model, a teacher's digest); ``runtime`` is read for the checkpoint
+cadence, the progress bar and TensorBoard.
 """
 
 from __future__ import annotations
@@ -56,18 +57,20 @@ class Phase:
   Args:
     workdir: the run directory (created).
     name: the phase's name, recorded in each checkpoint (``"train"``, ``"craft"``, ...).
-    config: the phase's config; ``checkpoint.keep``, ``checkpoint.async_save``,
-      ``progress`` and ``tensorboard`` are read from it when present.
+    config: the run's config; ``runtime.checkpoint.keep``, ``runtime.checkpoint.async_save``,
+      ``runtime.progress`` and ``runtime.tensorboard`` are read from it when present.
     dataset: the on-device dataset; its fingerprint is checked on resume.
     total: the position at which the phase ends (steps, iterations, ...), for progress.
     unit: the progress bar's unit.
-    config_hash: overrides ``config.config_hash(config)``.
+    sections: the sections of ``config`` the phase computes from (hashed); default: all
+      but ``runtime``.
+    hash_extra: more JSON-able values that enter the hash.
     record: more JSON for ``config.json`` (e.g. a user's model).
   """
 
   def __init__(self, workdir: os.PathLike | str, name: str, config: ml_collections.ConfigDict, *,
-               dataset: data.DeviceDataset, total: int, unit: str = "step", config_hash: str | None = None,
-               record: dict[str, Any] | None = None):
+               dataset: data.DeviceDataset, total: int, unit: str = "step", sections: tuple[str, ...] | None = None,
+               hash_extra: dict[str, Any] | None = None, record: dict[str, Any] | None = None):
     self.workdir = pathlib.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.name = name
@@ -75,7 +78,9 @@ class Phase:
     self.dataset = dataset
     self.total = int(total)
     self.unit = unit
-    self.config_hash = config_hash or config_lib.config_hash(config)
+    self.sections = tuple(sections or (k for k in config.keys() if k != config_lib.RUNTIME))
+    self.config_hash = config_lib.phase_hash(config, self.sections, **(hash_extra or {}))
+    self.runtime = config.get(config_lib.RUNTIME) or {}
     self.main = parallel.is_main_process()
     self.meta = {"dataset_fingerprint": dataset.fingerprint, "phase": name}
     self.t0 = time.time()
@@ -91,7 +96,8 @@ class Phase:
     checkpoint's config and data are accepted, so a refused run changes nothing."""
     if self.main and not self._config_written:
       config_lib.write_json_atomic(self.workdir / "config.json", {
-          "config": self.config.to_dict(), "config_hash": self.config_hash, "dataset": data.describe(self.dataset),
+          "config": self.config.to_dict(), "config_hash": self.config_hash, "hashed_sections": list(self.sections),
+          "dataset": data.describe(self.dataset),
           **self._record})
     self._config_written = True
 
@@ -101,7 +107,7 @@ class Phase:
   def checkpointer(self) -> checkpoint.Checkpointer:
     """The phase's Orbax checkpointer (created on first use)."""
     if self._ckpt is None:
-      ck = self.config.get("checkpoint") or {}
+      ck = self.runtime.get("checkpoint") or {}
       self._ckpt = checkpoint.Checkpointer(self.workdir / "checkpoints", self.config_hash,
                                            keep=ck.get("keep", 3), async_save=ck.get("async_save", True))
     return self._ckpt
@@ -134,8 +140,8 @@ class Phase:
     returns ``position``."""
     position = int(position)
     self.write_config()
-    self._writer = MetricsWriter(self.workdir, resume_step=position, tensorboard=self.config.get("tensorboard", False))
-    self._bar = tqdm(total=self.total, initial=position, disable=not (self.main and self.config.get("progress", True)),
+    self._writer = MetricsWriter(self.workdir, resume_step=position, tensorboard=self.runtime.get("tensorboard", False))
+    self._bar = tqdm(total=self.total, initial=position, disable=not (self.main and self.runtime.get("progress", True)),
                      unit=self.unit, dynamic_ncols=True, desc=desc)
     return position
 

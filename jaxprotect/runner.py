@@ -14,12 +14,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxprotect import data, models, parallel, run, train
+from jaxprotect import config as config_lib, data, models, parallel, run, train
 from jaxprotect.data.augment import AugmentConfig
 
 __all__ = [
-    "fit", "params_digest",
+    "fit", "fit_hash", "params_digest",
 ]
+
+FIT_SECTIONS = ("data",)  # with the model's own section: what a training run computes from
 
 def params_digest(params: Any) -> str:
   """SHA-256 over the bytes of every parameter (leaves in tree order)."""
@@ -29,12 +31,21 @@ def params_digest(params: Any) -> str:
   return h.hexdigest()
 
 
+def fit_hash(config: ml_collections.ConfigDict, section: str = "train",
+             hash_extra: dict[str, Any] | None = None) -> str:
+  """The config hash ``fit(config, ..., section=section, hash_extra=hash_extra)`` records in
+  its checkpoints and ``results.json``: ``data`` and ``section`` plus the extra values."""
+  return config_lib.phase_hash(config, (*FIT_SECTIONS, section), **(hash_extra or {}))
+
+
 def fit(
     config: ml_collections.ConfigDict,
     workdir: os.PathLike | str,
     mesh=None,
     dataset: data.DeviceDataset | None = None,
     *,
+    section: str = "train",
+    hash_extra: dict[str, Any] | None = None,
     model=None,
     loss_fn: train.LossFn | None = None,
     extra: Any = None,
@@ -43,44 +54,50 @@ def fit(
     eval_model=None,
     return_state: bool = False,
 ) -> dict[str, Any] | tuple[dict[str, Any], train.TrainState]:
-  """Trains ``config.model`` on ``config.dataset``, resuming from ``workdir`` if it holds
-  checkpoints of the same config; returns (and writes) the results summary.
+  """Trains the model of ``config[section]`` (a ``config.model_config()`` section: ``train``,
+  ``victim``, ``teacher``, ``student``, ...) on ``config.data``, resuming from ``workdir``
+  if it holds checkpoints of the same ``data`` and ``section`` (and ``hash_extra``);
+  returns (and writes) the results summary.
 
-  Methods plug in through the keywords: ``model`` (default: ``config.model`` from the
-  registry; a user's module is wrapped by ``models.as_model``), ``loss_fn`` (default:
-  cross-entropy with ``config.label_smoothing``; may be ``train.stateful``), ``extra``
+  Methods plug in through the keywords: ``model`` (default: the section's zoo model; a
+  user's module is wrapped by ``models.as_model``), ``loss_fn`` (default: cross-entropy
+  with the section's ``label_smoothing``; may be ``train.stateful``), ``extra``
   (initial ``state.extra``, checkpointed with the state; or a function
   ``extra(state) -> extra`` of the freshly initialised state, e.g. statistics of the
   initial model), ``batch_fn`` and ``aux`` (the batch hook of ``train.make_train_chunk``)
   and ``eval_model`` (a module evaluated with the same variables, default ``model``).
-  Everything they depend on must be reflected in ``config`` for the config-hash check
-  on resume to mean anything. With ``return_state``, returns ``(results, final state)``.
-  The run directory is written through ``run.Phase``.
+  Everything they depend on must be reflected in the section or in ``hash_extra`` for
+  the config-hash check on resume to mean anything. With ``return_state``, returns
+  ``(results, final state)``. The run directory is written through ``run.Phase``.
   """
+  if section not in config or not isinstance(config[section], ml_collections.ConfigDict):
+    raise ValueError(f"section: config has no model section {section!r} (sections: {', '.join(config.keys())})")
   mesh = parallel.mesh_from_config(config, mesh)
   ds = dataset or data.from_config(config, mesh)
-  steps_per_epoch = ds.train.size // config.batch_size
+  c = config[section]
+  steps_per_epoch = ds.train.size // c.batch_size
   if steps_per_epoch < 1:
-    raise ValueError(f"batch_size={config.batch_size} exceeds the {ds.train.size} training examples")
-  total_steps = steps_per_epoch * config.epochs
+    raise ValueError(f"{section}.batch_size={c.batch_size} exceeds the {ds.train.size} training examples")
+  total_steps = steps_per_epoch * c.epochs
   if model is None:
-    model = models.from_config(config, ds.num_classes)
-  optimizer = train.make_optimizer(config.optimizer, steps_per_epoch, config.epochs)
-  state = train.init_state(model, optimizer, ds.example, jax.random.PRNGKey(config.seed), mesh,
+    model = models.from_config(c, ds.num_classes)
+  optimizer = train.make_optimizer(c.optimizer, steps_per_epoch, c.epochs)
+  state = train.init_state(model, optimizer, ds.example, jax.random.PRNGKey(c.seed), mesh,
                            extra=None if callable(extra) else extra)
   if callable(extra):
     state = state.replace(extra=extra(state))
 
   chunk_fn = train.make_train_chunk(
-      model, loss_fn or train.ce_loss(config.label_smoothing), optimizer, mesh, config.batch_size,
-      AugmentConfig.parse(config.augment), loop=config.loop or None, batch_fn=batch_fn,
+      model, loss_fn or train.ce_loss(c.label_smoothing), optimizer, mesh, c.batch_size,
+      AugmentConfig.parse(c.augment), loop=c.loop or None, batch_fn=batch_fn,
   )
-  eval_fn = train.make_eval_fn(eval_model or model, mesh, config.eval_batch_size, ds.num_classes)
-  chunk_steps = config.chunk_steps or steps_per_epoch
-  save_every = config.checkpoint.every_steps or steps_per_epoch
+  eval_fn = train.make_eval_fn(eval_model or model, mesh, c.eval_batch_size, ds.num_classes)
+  chunk_steps = c.chunk_steps or steps_per_epoch
+  save_every = config.get("runtime", {}).get("checkpoint", {}).get("every_steps") or steps_per_epoch
 
   test_metrics = None
-  with run.Phase(workdir, "train", config, dataset=ds, total=total_steps, unit="step") as phase:
+  with run.Phase(workdir, section, config, dataset=ds, total=total_steps, unit="step",
+                 sections=(*FIT_SECTIONS, section), hash_extra=hash_extra) as phase:
     state = phase.restore(state)
     step = phase.start(int(state.step))
     while step < total_steps:
@@ -103,8 +120,8 @@ def fit(
     test_metrics = jax.device_get(eval_fn(state, ds.test))
   results = phase.finish({
       "dataset": data.describe(ds),
-      "model": config.model,
-      "epochs": config.epochs,
+      "model": c.model,
+      "epochs": c.epochs,
       "steps": step,
       "test_accuracy": float(test_metrics["accuracy"]),
       "test_loss": float(test_metrics["loss"]),

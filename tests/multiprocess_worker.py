@@ -15,21 +15,21 @@ import sys
 def tiny_config():
   from jaxprotect import config as config_lib
   c = config_lib.train_config()
-  c.epochs, c.train_subset, c.batch_size, c.eval_batch_size = 2, 1024, 128, 512
-  c.model_kwargs.width = 8
-  c.progress, c.tensorboard = False, False
-  c.chunk_steps, c.checkpoint.every_steps = 2, 2  # a record and a checkpoint every 2 steps
-  return c
+  return config_lib.apply_overrides(c, [
+      "train.epochs=2", "data.train_subset=1024", "train.batch_size=128", "train.eval_batch_size=512",
+      "train.model_kwargs.width=8", "runtime.progress=false", "runtime.tensorboard=false",
+      "train.chunk_steps=2", "runtime.checkpoint.every_steps=2"])  # a record and a checkpoint every 2 steps
 
 
 def tiny_craft_config():
-  from jaxprotect.unlearnable import crafting
-  c = crafting.with_dataset(crafting.unlearnable_config(), "fashion_mnist_mini")
-  c.train_subset, c.batch_size, c.eval_batch_size = 512, 64, 512
-  c.model, c.model_kwargs.width = "small_cnn", 8
-  c.pgd.batch_size, c.pgd.steps, c.train_steps, c.max_iterations, c.stop_error = 128, 2, 2, 2, 0.0
-  c.progress, c.tensorboard, c.export.preview = False, False, False
-  return c
+  import pathlib
+  from jaxprotect import config as config_lib
+  em = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "em.py"
+  return config_lib.apply_overrides(config_lib.from_file(f"{em}:fashion_mnist_mini"), [
+      "data.train_subset=512", "surrogate.batch_size=64", "surrogate.eval_batch_size=512", "surrogate.model=small_cnn",
+      "surrogate.model_kwargs.width=8", "craft.pgd.batch_size=128", "craft.pgd.steps=2", "craft.train_steps=2",
+      "craft.max_iterations=2", "craft.stop_error=0.0", "runtime.progress=false", "runtime.tensorboard=false",
+      "export.preview=false"])
 
 
 def main(argv):

@@ -18,9 +18,9 @@ from jaxprotect import checkpoint
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_ARGS = [
     "--config", str(REPO / "experiments" / "train.py") + ":fashion_mnist_mini",
-    "--config.train_subset=512", "--config.batch_size=64", "--config.epochs=3",
-    "--config.chunk_steps=2", "--config.checkpoint.every_steps=2", "--config.progress=False",
-    "--config.eval_batch_size=400",
+    "--config.data.train_subset=512", "--config.train.batch_size=64", "--config.train.epochs=3",
+    "--config.train.chunk_steps=2", "--config.runtime.checkpoint.every_steps=2", "--config.runtime.progress=False",
+    "--config.train.eval_batch_size=400",
 ]
 
 
@@ -61,7 +61,7 @@ def test_killed_run_resumes_to_bitwise_identical_parameters(tmp_path):
 
   # resuming under a changed config is refused, and nothing is overwritten
   before = (tmp_path / "run" / "results.json").read_bytes()
-  bad = _train(tmp_path / "run", extra=["--config.optimizer.lr=0.01"])
+  bad = _train(tmp_path / "run", extra=["--config.train.optimizer.lr=0.01"])
   assert bad.returncode == 1 and "config hash" in bad.stderr
   assert (tmp_path / "run" / "results.json").read_bytes() == before
 

@@ -29,30 +29,84 @@ def test_help_lists_commands_and_flags():
 
 def test_bad_dataset_is_a_clear_error(tmp_path):
   out = _run(sys.executable, "-m", "jaxprotect.cli", "train", "--config", "experiments/train.py",
-             "--config.dataset=no_such_dataset_xyz", "--workdir", str(tmp_path))
+             "--config.data.name=no_such_dataset_xyz", "--workdir", str(tmp_path))
   assert out.returncode == 1
   assert "no_such_dataset_xyz" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_model_kwargs_overrides_may_add_keys(capsys):
-  """``--config.[victim.]model_kwargs.<key>=<value>`` reaches the model even where the
-  config has no such key yet; values are Python literals or strings; bad paths are refused."""
+def test_config_overrides(capsys):
+  """``--config.<section>.<field>=<value>`` is read as the field's type; ``model_kwargs``
+  may gain keys (Python literals or strings); the result is locked; a bad path or value
+  exits 2 naming the field."""
   from jaxprotect.flags import define_config_flags, parse_flags
 
-  em = str(REPO / "experiments" / "em.py")
-  fv = parse_flags(["evaluate", "--config", f"{em}:cifar10", "--config.victim.model_kwargs.width=16",
-                    "--config.model_kwargs.width=8", "--config.victim.model_kwargs.hidden=(16, 8)",
-                    "--config.model_kwargs.act=gelu", "--config.eps=0.1", "--workdir", "w"], define_config_flags)
+  train = str(REPO / "experiments" / "train.py")
+  fv = parse_flags(["train", "--config", f"{train}:cifar10", "--config.train.model_kwargs.width=16",
+                    "--config.train.model_kwargs.hidden=(16, 8)", "--config.train.model_kwargs.act=gelu",
+                    "--config.train.epochs", "3", "--config.train.optimizer.lr=1", "--config.runtime.progress=false",
+                    "--config.train.optimizer.milestones=2,4", "--config.data.dir=/d", "--workdir", "w"],
+                   define_config_flags)
   c = fv.config
-  assert c.victim.model_kwargs.to_dict() == {"width": 16, "hidden": (16, 8)}
-  assert c.model_kwargs.to_dict() == {"width": 8, "act": "gelu"}
-  assert c.eps == 0.1 and fv.workdir == "w"
-  with pytest.raises(AttributeError):  # the config is locked again
-    c.no_such_field = 1
+  assert c.train.model_kwargs.to_dict() == {"width": 16, "hidden": (16, 8), "act": "gelu"}
+  assert c.train.epochs == 3 and c.train.optimizer.lr == 1.0 and isinstance(c.train.optimizer.lr, float)
+  assert c.runtime.progress is False and c.train.optimizer.milestones == (2, 4) and c.data.dir == "/d"
+  assert c.data.name == "cifar10" and fv.workdir == "w"
+  with pytest.raises(AttributeError):  # locked
+    c.train.no_such_field = 1
+  for bad, says in (("--config.nothing.model_kwargs.width=3", "config.nothing"),
+                    ("--config.train.epoch=3", "did you mean config.train.epochs"),
+                    ("--config.train.epochs=three", "config.train.epochs: cannot read 'three' as int"),
+                    ("--config.train=1", "config.train is a section")):
+    with pytest.raises(SystemExit) as e:
+      parse_flags(["train", "--config", train, bad], define_config_flags)
+    assert e.value.code == 2 and says in capsys.readouterr().err, bad
   with pytest.raises(SystemExit) as e:
-    parse_flags(["evaluate", "--config", f"{em}:cifar10", "--config.nothing.model_kwargs.width=3"],
-                define_config_flags)
-  assert e.value.code == 2 and "nothing.model_kwargs" in capsys.readouterr().err
+    parse_flags(["train", "--config", f"{train}:nope"], define_config_flags)
+  assert e.value.code == 2 and "unknown variant 'nope' of experiments/train.py" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:  # a command without --config
+    parse_flags(["devices", "--config.train.epochs=1"], lambda fv, flags: None)
+  assert e.value.code == 2 and "takes no --config" in capsys.readouterr().err
+
+
+def test_parse_variant_and_config_files(tmp_path):
+  from jaxprotect import config as config_lib
+
+  assert config_lib.parse_variant(None, ("a", "b"), ("x", "y")) == ("a", ())
+  assert config_lib.parse_variant("b,y,x", ("a", "b"), ("x", "y")) == ("b", ("y", "x"))
+  with pytest.raises(ValueError, match=r"unknown option\(s\) \['z'\] of f.py"):
+    config_lib.parse_variant("a,z", ("a",), ("x",), where="f.py")
+  base = tmp_path / "base.py"
+  base.write_text("from jaxprotect import config\n"
+                  "def get_config(arg=None):\n  c = config.train_config()\n  c.train.epochs = int(arg or 2)\n"
+                  "  return c\n")
+  ext = tmp_path / "ext.py"  # a file extending another
+  ext.write_text("import pathlib\nfrom jaxprotect import config\n"
+                 "def get_config(arg=None):\n"
+                 "  c = config.from_file(f\"{pathlib.Path(__file__).with_name('base.py')}:{arg}\")\n"
+                 "  c.train.seed = 7\n  return c\n")
+  c = config_lib.from_file(f"{ext}:5")
+  assert (c.train.epochs, c.train.seed) == (5, 7)
+  assert config_lib.from_file(base).train.epochs == 2
+  with pytest.raises(ValueError, match="does not exist"):
+    config_lib.from_file(tmp_path / "none.py")
+
+
+def test_phase_hash_covers_only_its_sections():
+  from jaxprotect import config as config_lib
+
+  c = config_lib.train_config()
+  h = config_lib.phase_hash(c, ("data", "train"))
+  assert h == config_lib.config_hash(c)
+  config_lib.apply_overrides(c, ["runtime.num_devices=2", "runtime.progress=false", "data.dir=/elsewhere",
+                                 "runtime.checkpoint.keep=1"])
+  assert config_lib.phase_hash(c, ("data", "train")) == h  # where the data live and how the run runs
+  for change in ("train.seed=1", "data.train_subset=5", "train.optimizer.lr=0.2", "train.model_kwargs.width=8"):
+    d = config_lib.train_config()
+    config_lib.apply_overrides(d, [change])
+    assert config_lib.phase_hash(d, ("data", "train")) != h, change
+  assert config_lib.phase_hash(c, ("data", "train"), attack="kd") != h
+  with pytest.raises(ValueError, match="no section 'victim'"):
+    config_lib.phase_hash(c, ("victim",))
 
 
 def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
@@ -141,8 +195,8 @@ def test_missing_extra_is_a_clear_error(tmp_path):
   to install, no traceback."""
   code = ("import sys; sys.modules['tensorflow_datasets'] = None; from jaxprotect import cli; "
           "sys.exit(cli.main(sys.argv[1:]))")
-  out = _run(sys.executable, "-c", code, "train", "--config", "experiments/train.py", "--config.dataset=cifar10",
-             f"--config.data_dir={tmp_path}", "--workdir", str(tmp_path / "run"))
+  out = _run(sys.executable, "-c", code, "train", "--config", "experiments/train.py", "--config.data.name=cifar10",
+             f"--config.data.dir={tmp_path}", "--workdir", str(tmp_path / "run"))
   assert out.returncode == 1, out.stderr[-3000:]
   assert "jaxprotect train: error: reading dataset 'cifar10' through TFDS needs tensorflow-datasets: " \
          "pip install 'jaxprotect[tfds]'" in out.stderr

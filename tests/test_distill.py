@@ -1,5 +1,6 @@
 """Undistillable models: CMIM teacher steps on 1 and 8 devices, the black box, students, CLI."""
 
+import copy
 import json
 import os
 import pathlib
@@ -15,7 +16,7 @@ import optax
 import pytest
 
 from conftest import synthetic_host
-from jaxprotect import cli, data, losses, models, parallel, train
+from jaxprotect import cli, config as config_lib, data, distill, losses, models, parallel, train
 from jaxprotect.distill import attack, blackbox, report, students, teacher
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -164,12 +165,7 @@ def test_attack_losses_schedules():
 
 
 def test_attack_runs_expand_and_reject_bad_names():
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("cmim_config", CONFIG)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("fashion_mnist_mini")
+  c = config_lib.from_file(f"{CONFIG}:fashion_mnist_mini")
   names = [r["name"] for r in attack.attack_runs(c)]
   assert names == ["ce", "ls_eps0.05", "ls_eps0.1", "ls_eps0.2", "kd_T1", "kd_T4", "kd_T10", "kd_T20", "dkd",
                    "skeptical", "hard_label", "logit_mse"]
@@ -179,19 +175,90 @@ def test_attack_runs_expand_and_reject_bad_names():
   with pytest.raises(ValueError, match="fitnets"):
     attack.attack_runs(c)
   with pytest.raises(ValueError, match="variant"):
-    mod.get_config("mnist_huge")
+    config_lib.from_file(f"{CONFIG}:mnist_huge")
+  with pytest.raises(ValueError, match="option"):
+    config_lib.from_file(f"{CONFIG}:fashion_mnist_mini,kd")
+  with pytest.raises(ValueError, match="at most one teacher method"):
+    config_lib.from_file(f"{CONFIG}:fashion_mnist_mini,ce,nasty")
+  c = config_lib.from_file(f"{CONFIG}:cifar10,nasty")
+  assert c.method == "nasty" and c.teacher.model == "resnet18" and c.student.optimizer.name == "adam"
+  assert c.data.name == "cifar10" and c.teacher.optimizer.milestones == (80, 120)
+
+
+def test_teacher_and_student_hashes_cover_only_their_own_sections():
+  """A teacher's hash: data, teacher and its method's settings; a student's: data, student
+  and its attack -- so attacks never invalidate teachers and teacher recipes never
+  invalidate resumable students."""
+  c = distill.distill_config()
+  assert c.method == "cmim" and c.teacher.model_kwargs.width == 32 and c.student.optimizer.grad_clip == 5.0
+
+  def edited(config, *edits):
+    d = copy.deepcopy(config)
+    for path, value in edits:
+      *parents, key = path.split(".")
+      node = d
+      for part in parents:
+        node = node[part]
+      node[key] = value
+    return d
+
+  ignored_by_teacher = [("student.epochs", 3), ("student.model_kwargs.hidden", (8,)), ("student.seed", 4),
+                        ("attacks.seeds", (5,)), ("attacks.teacher", "/elsewhere"), ("attacks.kd.alpha", 0.5),
+                        ("attacks.teacher_output", "probs"), ("runtime.num_devices", 1), ("runtime.progress", False),
+                        ("runtime.checkpoint.keep", 1), ("data.dir", "/data/elsewhere"), ("nasty.tau", 2.0),
+                        ("curve.num", 5)]
+  base = teacher.teacher_hash(c)
+  for edit in ignored_by_teacher:
+    assert teacher.teacher_hash(edited(c, edit)) == base, edit
+  for edit in [("cmim.lam", 0.2), ("cmim.temperatures", (1.0, 4.0)), ("teacher.seed", 1), ("teacher.epochs", 7),
+               ("teacher.model_kwargs.width", 16), ("data.train_subset", 100), ("method", "ce")]:
+    assert teacher.teacher_hash(edited(c, edit)) != base, edit
+  ce = edited(c, ("method", "ce"))
+  assert teacher.teacher_hash(edited(ce, ("cmim.lam", 0.2))) == teacher.teacher_hash(ce)  # CE ignores cmim
+  nasty = edited(c, ("method", "nasty"))
+  assert teacher.teacher_hash(nasty, reference_sha="a") != teacher.teacher_hash(nasty, reference_sha="b")
+  assert teacher.teacher_hash(edited(nasty, ("cmim.lam", 0.2))) == teacher.teacher_hash(nasty)
+  assert teacher.teacher_hash(edited(nasty, ("nasty.omega", 0.1))) != teacher.teacher_hash(nasty)
+
+  def student_hash(config, seed=0, name="kd_T4", teacher_sha="abc"):
+    run = next(r for r in attack.attack_runs(config) if r["name"] == name)
+    return attack.student_hash(attack.student_run_config(config, run, seed),
+                               attack.attack_settings(config, run, teacher_sha))
+
+  base = student_hash(c)
+  for edit in [("teacher.epochs", 3), ("teacher.seed", 2), ("teacher.model", "mlp"), ("teacher.optimizer.lr", 0.3),
+               ("method", "nasty"), ("cmim.lam", 0.2), ("nasty.tau", 9.0), ("curve.enabled", False),
+               ("attacks.teacher", "/elsewhere"), ("attacks.seeds", (7,)), ("attacks.dkd.beta", 2.0),
+               ("runtime.num_devices", 1), ("runtime.checkpoint.every_steps", 3), ("data.dir", "/data/elsewhere")]:
+    assert student_hash(edited(c, edit)) == base, edit
+  for changed in [student_hash(c, seed=1), student_hash(c, teacher_sha="def"), student_hash(c, name="kd_T1"),
+                  student_hash(edited(c, ("attacks.kd.alpha", 0.5))), student_hash(edited(c, ("student.epochs", 3))),
+                  student_hash(edited(c, ("attacks.teacher_output", "probs"))),
+                  student_hash(edited(c, ("data.train_subset", 100)))]:
+    assert changed != base
+  # LS baselines differ in label smoothing only; student_key pairs them with every knock-off
+  assert student_hash(c, name="ls_eps0.1", teacher_sha=None) != student_hash(c, name="ls_eps0.2", teacher_sha=None)
+  key = attack.student_key(c)
+  assert attack.student_key(edited(c, ("teacher.epochs", 3), ("attacks.seeds", (9,)), ("cmim.lam", 3.0))) == key
+  assert attack.student_key(edited(c, ("student.epochs", 3))) != key
 
 
 def test_cli_teacher_attack_report_end_to_end(tmp_path):
   """Tiny setting: 256 embedded Fashion-MNIST images, one epoch, MLPs, one seed."""
-  common = [f"--config={CONFIG}:fashion_mnist_mini,cmim", "--config.train_subset=256", "--config.num_devices=1",
-            "--config.progress=False", "--config.tensorboard=False"]
+  spec = f"{CONFIG}:fashion_mnist_mini,cmim"
+  common = [f"--config={spec}", "--config.data.train_subset=256", "--config.runtime.num_devices=1",
+            "--config.runtime.progress=False", "--config.runtime.tensorboard=False"]
   tdir, adir, rdir = tmp_path / "teacher", tmp_path / "attack", tmp_path / "report"
-  rc = cli.main(["distill", "teacher", *common, "--config.model=mlp", "--config.epochs=1", "--config.curve.num=5",
-                 f"--workdir={tdir}"])
+  t_args = ["--config.teacher.model=mlp", "--config.teacher.epochs=1", "--config.curve.num=5"]
+  rc = cli.main(["distill", "teacher", *common, *t_args, f"--workdir={tdir}"])
   assert rc == 0
   manifest = json.loads((tdir / "teacher.json").read_text())
   assert manifest["method"] == "cmim" and manifest["dataset"]["train_size"] == 256
+  assert manifest["settings"]["method"] == "cmim" and manifest["settings"]["cmim"]["lam"] == 1.0
+  overrides = [a[len("--config."):] for a in common[1:] + t_args]
+  t_config = config_lib.apply_overrides(config_lib.from_file(spec), overrides)
+  assert manifest["config_hash"] == teacher.teacher_hash(t_config)  # what fit recorded, recomputed
+  assert json.loads((tdir / "config.json").read_text())["hashed_sections"] == ["data", "teacher"]
   curve = json.loads((tdir / "cmi_curve.json").read_text())
   assert len(curve["temperatures"]) == 5 and np.all(np.isfinite(curve["train"] + curve["test"]))
   assert (tdir / "cmi_curve.png").stat().st_size > 1000
@@ -201,16 +268,27 @@ def test_cli_teacher_attack_report_end_to_end(tmp_path):
   student = ["--config.student.model_kwargs.hidden=(16,)", "--config.student.epochs=1",
              "--config.student.batch_size=64",
              "--config.attacks.seeds=(0,)", "--config.attacks.ls_eps=(0.1,)", "--config.attacks.kd.temperatures=(4.0,)"]
-  rc = cli.main(["distill", "attack", *common, *student, f"--config.teacher={tdir}", f"--workdir={adir}"])
+  rc = cli.main(["distill", "attack", *common, *student, f"--config.attacks.teacher={tdir}", f"--workdir={adir}"])
   assert rc == 0
   rec = json.loads((adir / "attack.json").read_text())
   assert rec["run_order"] == ["ce", "ls_eps0.1", "kd_T4", "dkd", "skeptical", "hard_label", "logit_mse"]
-  for name in rec["run_order"]:
-    assert (adir / "runs" / name / "seed0" / "results.json").exists()
+  a_config = config_lib.apply_overrides(config_lib.from_file(spec), [a[len("--config."):] for a in common[1:] + student]
+                                        + [f"attacks.teacher={tdir}"])
+  assert rec["student_key"] == attack.student_key(a_config)
+  finished = {}
+  for run in attack.attack_runs(a_config):
+    name = run["name"]
+    results_path = adir / "runs" / name / "seed0" / "results.json"
+    results = json.loads(results_path.read_text())
     assert 0.0 <= rec["runs"][name]["accuracy"]["0"] <= 1.0
-  # re-running resumes: every run is found finished
-  rc = cli.main(["distill", "attack", *common, *student, f"--config.teacher={tdir}", f"--workdir={adir}"])
+    sha = None if run["kind"] in attack.BASELINES else manifest["params_sha256"]
+    want = attack.student_hash(attack.student_run_config(a_config, run, 0), attack.attack_settings(a_config, run, sha))
+    assert results["config_hash"] == want, name  # _finished compares with what fit recorded
+    finished[name] = results_path.stat().st_mtime_ns
+  # re-running resumes: every run is found finished (none is trained again)
+  rc = cli.main(["distill", "attack", *common, *student, f"--config.attacks.teacher={tdir}", f"--workdir={adir}"])
   assert rc == 0 and json.loads((adir / "attack.json").read_text())["runs"] == rec["runs"]
+  assert {n: (adir / "runs" / n / "seed0" / "results.json").stat().st_mtime_ns for n in finished} == finished
 
   rc = cli.main(["distill", "report", f"--workdir={rdir}", f"--runs={adir}"])
   assert rc == 0
@@ -221,13 +299,20 @@ def test_cli_teacher_attack_report_end_to_end(tmp_path):
     assert a["delta"] == pytest.approx(a["mean"] - row["ls_student"]["mean"])
   assert row["verdict"].startswith(("undistillable", "distillable"))
   md = (rdir / "report.md").read_text()
-  assert "teacher acc" in md and "Delta" in md and "kd_T4" in md
+  assert "teacher acc" in md and "Delta" in md and "kd_T4" in md and "lam=1" in md
   assert (rdir / "cmi_curves.png").exists()
 
   # bad input: a clear error and exit code 1
   assert cli.main(["distill", "attack", *common, f"--workdir={tmp_path / 'x'}"]) == 1  # no teacher
-  assert cli.main(["distill", "attack", *common, f"--config.teacher={tmp_path}", f"--workdir={tmp_path / 'x'}"]) == 1
+  assert cli.main(["distill", "attack", *common, f"--config.attacks.teacher={tmp_path}",
+                   f"--workdir={tmp_path / 'x'}"]) == 1
+  assert cli.main(["distill", "attack", *common, f"--config.attacks.teacher={tdir}", "--config.student.seed=3",
+                   f"--workdir={tmp_path / 'x'}"]) == 1  # students' seeds are attacks.seeds
+  assert not (tmp_path / "x").exists()
   assert cli.main(["distill", "teacher", *common, "--config.method=bogus", f"--workdir={tmp_path / 'y'}"]) == 1
+  with pytest.raises(SystemExit) as exit_info:  # the old path of the teacher directory: a usage error
+    cli.main(["distill", "attack", *common, f"--config.teacher={tdir}", f"--workdir={tmp_path / 'x'}"])
+  assert exit_info.value.code == 2
   assert cli.main(["distill", "report", f"--workdir={tmp_path / 'empty'}"]) == 1
   assert cli.main(["distill", "frobnicate"]) == 2
   assert report.find_attack_dirs(tmp_path) == [adir]
@@ -238,9 +323,9 @@ def test_cmim_teacher_resumes_after_a_kill_bitwise(tmp_path):
   """Killed after its first epoch (SIGKILL, checkpoint possibly in flight) and re-run, the
   CMIM teacher ends with the parameters -- and, through the centroids in ``state.extra``,
   the CMI curve -- of an uninterrupted run."""
-  args = ["distill", "teacher", f"--config={CONFIG}:fashion_mnist_mini,cmim", "--config.model=mlp",
-          "--config.train_subset=512", "--config.epochs=2", "--config.num_devices=1", "--config.progress=False",
-          "--config.tensorboard=False", "--config.curve.num=5"]
+  args = ["distill", "teacher", f"--config={CONFIG}:fashion_mnist_mini,cmim", "--config.teacher.model=mlp",
+          "--config.data.train_subset=512", "--config.teacher.epochs=2", "--config.runtime.num_devices=1",
+          "--config.runtime.progress=False", "--config.runtime.tensorboard=False", "--config.curve.num=5"]
   killed = tmp_path / "killed"
   cmd = [sys.executable, "-m", "jaxprotect.cli", *args, f"--workdir={killed}"]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -254,3 +339,18 @@ def test_cmim_teacher_resumes_after_a_kill_bitwise(tmp_path):
   assert a["params_sha256"] == b["params_sha256"]
   a, b = (json.loads((tmp_path / d / "cmi_curve.json").read_text()) for d in ("full", "killed"))
   assert a == b
+
+
+def test_nasty_teacher_trains_its_ce_reference_from_the_same_config(tmp_path):
+  c = config_lib.from_file(f"{CONFIG}:fashion_mnist_mini,nasty")
+  config_lib.apply_overrides(c, ["data.train_subset=256", "runtime.num_devices=1", "runtime.progress=False",
+                                 "runtime.tensorboard=False", "teacher.model=mlp", "teacher.model_kwargs.hidden=(16,)",
+                                 "teacher.epochs=1", "curve.enabled=False"])
+  manifest = teacher.train_teacher(c, tmp_path / "nasty")
+  ref = json.loads((tmp_path / "nasty" / "reference" / "teacher.json").read_text())
+  assert ref["method"] == "ce" and ref["settings"] == {"method": "ce"}
+  assert ref["config_hash"] == teacher.teacher_hash(c, method="ce")
+  assert manifest["settings"]["nasty"] == {"tau": 4.0, "omega": 0.04, "reference_sha256": ref["params_sha256"]}
+  assert manifest["config_hash"] == teacher.teacher_hash(c, reference_sha=ref["params_sha256"])
+  assert json.loads((tmp_path / "nasty" / "teacher.json").read_text())["model_kwargs"] == {"width": 32, "hidden": [16]}
+  assert manifest["params_sha256"] != ref["params_sha256"]

@@ -10,16 +10,17 @@ from jaxprotect import config as config_lib, runner
 @pytest.mark.slow
 def test_small_cnn_reaches_85_percent_on_real_fashion_mnist(fmnist_dir, tmp_path):
   c = config_lib.train_config()
-  c.dataset = "fashion_mnist"
-  c.data_dir = str(fmnist_dir)
-  c.epochs = 1
-  c.batch_size = 128
-  c.eval_batch_size = 1000
-  c.optimizer.lr = 0.05
-  c.augment = "none"
-  c.progress = False
+  c.data.name = "fashion_mnist"
+  c.data.dir = str(fmnist_dir)
+  t = c.train
+  t.epochs = 1
+  t.batch_size = 128
+  t.eval_batch_size = 1000
+  t.optimizer.lr = 0.05
+  t.augment = "none"
+  c.runtime.progress = False
   # one device: 8 simulated devices on 2 cores starve each other's collectives at this size
-  c.num_devices = 1
+  c.runtime.num_devices = 1
   results = runner.fit(c, tmp_path)
   assert results["dataset"]["train_size"] == 60000 and results["dataset"]["test_size"] == 10000
   assert results["test_accuracy"] >= 0.85, results

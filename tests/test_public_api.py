@@ -21,7 +21,7 @@ from jax.experimental import checkify
 
 import jaxprotect as jp
 from jaxprotect import checks, data, losses, models, parallel, train
-from jaxprotect.config import train_config
+from jaxprotect.config import optimizer_config
 from jaxprotect.unlearnable import crafting, pgd
 from conftest import synthetic_host
 
@@ -53,7 +53,14 @@ def _check_readme_run(out: dict) -> None:
   assert out["iterations"] == 1 and out["compiled"]
 
 
+def _repo_like(tmp_path):
+  """``tmp_path`` as the README's reader sees the repository root: ``experiments/`` there,
+  run directories written into ``tmp_path``."""
+  (tmp_path / "experiments").symlink_to(REPO / "experiments")
+
+
 def test_readme_examples_run_on_8_devices(tmp_path, monkeypatch, capsys):
+  _repo_like(tmp_path)
   monkeypatch.chdir(tmp_path)
   ns = {}
   for i, block in enumerate(readme_blocks()):
@@ -69,6 +76,7 @@ def test_readme_examples_run_on_8_devices(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_readme_examples_run_on_1_device(tmp_path):
+  _repo_like(tmp_path)
   script = tmp_path / "run_readme.py"
   script.write_text(_RUN_README)
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
@@ -128,7 +136,7 @@ class FlatLogits(nn.Module):
 def tiny():
   mesh = parallel.make_mesh()
   ds = data.to_device(synthetic_host(image_shape=(8, 8, 1)), mesh)
-  opt = train.make_optimizer(train_config().optimizer, 8, 1)
+  opt = train.make_optimizer(optimizer_config(), 8, 1)
   return mesh, ds, opt
 
 
@@ -177,15 +185,15 @@ def test_user_models_through_step_pgd_and_craft(tiny, tmp_path):
     assert loss(delta) < loss(jnp.zeros_like(delta))
     assert float(jnp.abs(delta).max()) <= 0.1 + 1e-7
   c = crafting.unlearnable_config()
-  c.dataset, c.model, c.batch_size, c.eval_batch_size = "synthetic", "mlp", 16, 64
-  c.pgd.batch_size, c.pgd.steps, c.train_steps, c.max_iterations, c.progress = 16, 2, 2, 1, False
-  c.export.preview = False
+  c.data.name, c.surrogate.model, c.surrogate.batch_size, c.surrogate.eval_batch_size = "synthetic", "mlp", 16, 64
+  c.craft.pgd.batch_size, c.craft.pgd.steps, c.craft.train_steps, c.craft.max_iterations = 16, 2, 2, 1
+  c.runtime.progress, c.export.preview = False, False
   r = crafting.craft(c, tmp_path / "em", mesh, ds, model=LogitsOnly())
   assert r["iterations"] == 1
   assert "LogitsOnly" in (tmp_path / "em" / "config.json").read_text()
   # the user's module is part of the crafting hash: another module is another craft
   assert crafting.crafting_hash(c, LogitsOnly()) != crafting.crafting_hash(c, LogitsOnly(num_classes=5))
-  c.method = "mi_ue"
+  c.craft.method = "mi_ue"
   with pytest.raises(ValueError, match="MI-UE needs the surrogate's features"):
     crafting.craft(c, tmp_path / "mi", mesh, ds, model=LogitsOnly())
 
@@ -288,12 +296,12 @@ def test_value_checks_inside_jit_are_opt_in(tiny):
 def test_crafting_configs_are_locked_and_checked(tmp_path, tiny):
   c = crafting.unlearnable_config()
   with pytest.raises(AttributeError):
-    c.pgd.step = 5  # a typo of pgd.steps
-  c.model_kwargs.width = 8  # model keyword arguments stay open
+    c.craft.pgd.step = 5  # a typo of pgd.steps
+  c.surrogate.model_kwargs.width = 8  # model keyword arguments stay open
   loose = ml_collections.ConfigDict(c.to_dict())
-  loose.pgd.step = 5
+  loose.craft.pgd.step = 5
   mesh, ds, _ = tiny
-  with pytest.raises(ValueError, match="config.pgd.step; did you mean config.pgd.steps"):
+  with pytest.raises(ValueError, match="config.craft.pgd.step; did you mean config.craft.pgd.steps"):
     crafting.craft(loose, tmp_path / "x", mesh, ds)
   assert not (tmp_path / "x").exists()  # nothing half-written
 
@@ -359,7 +367,7 @@ def test_resnet18_step_and_pgd_pass_compile_ahead_of_time_without_device_arrays(
   mesh = parallel.make_mesh()
   assert mesh.devices.size == 8
   model = models.get("resnet18", 10)
-  opt = train.make_optimizer(train_config().optimizer, 100, 1)
+  opt = train.make_optimizer(optimizer_config(), 100, 1)
   spec = jax.ShapeDtypeStruct
   dat = parallel.data_sharded(mesh)
   live = {id(a) for a in jax.live_arrays()}

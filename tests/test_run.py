@@ -18,9 +18,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def toy_config(scale: float = 1.0) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(steps=6, scale=scale, progress=False, tensorboard=False,
-                                        checkpoint=dict(keep=2, async_save=True)))
+def toy_config(scale: float = 1.0, keep: int = 2) -> ml_collections.ConfigDict:
+  """The toy phase's own section and the runtime section (which is not hashed)."""
+  return ml_collections.ConfigDict(dict(toy=dict(steps=6, scale=scale), runtime=dict(
+      progress=False, tensorboard=False, checkpoint=dict(keep=keep, async_save=True))))
 
 
 def toy_dataset(shift: int = 0):
@@ -37,11 +38,12 @@ def toy_phase(config, workdir, ds):
   """A phase's loop and nothing else: a running sum of noisy terms, one per position."""
   from jaxprotect import run
   state = {"total": jnp.zeros((), jnp.float32), "position": jnp.zeros((), jnp.int32)}
-  with run.Phase(workdir, "toy", config, dataset=ds, total=config.steps, unit="term") as phase:
+  steps = config.toy.steps
+  with run.Phase(workdir, "toy", config, dataset=ds, total=steps, unit="term", sections=("toy",)) as phase:
     state = phase.restore(state)
     position = phase.start(int(state["position"]))
-    while position < config.steps:
-      term = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(0), position)) * config.scale
+    while position < steps:
+      term = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(0), position)) * config.toy.scale
       state = {"total": state["total"] + term, "position": jnp.int32(position + 1)}
       position += 1
       phase.log(position, advance=1, term=float(term))
@@ -62,7 +64,7 @@ def test_a_toy_phase_resumes_bitwise_after_a_kill(tmp_path):
   proc = run_killed(tmp_path / "killed", 3)
   assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILL, by the phase's fault injection
   assert not (tmp_path / "killed" / "results.json").exists()
-  got, resumed = toy_phase(toy_config(), tmp_path / "killed", ds)
+  got, resumed = toy_phase(toy_config(keep=3), tmp_path / "killed", ds)  # runtime may change on resume
   assert got["total"] == want["total"]
   np.testing.assert_array_equal(np.asarray(resumed["total"]), np.asarray(state["total"]))
   steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
@@ -81,7 +83,7 @@ def test_a_toy_phase_refuses_another_config_or_dataset_and_changes_nothing(tmp_p
   assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
   # a change that does not alter results (progress) resumes
   c = toy_config()
-  c.progress = True
+  c.runtime.progress = True
   assert toy_phase(c, tmp_path, ds)[0]["total"] == json.loads((tmp_path / "results.json").read_text())["total"]
 
 

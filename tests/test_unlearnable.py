@@ -10,14 +10,15 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from conftest import synthetic_host
-from jaxprotect import data, models, parallel
+from jaxprotect import config as config_lib, data, models, parallel, unlearnable
 from jaxprotect.cli import main as cli_main
 from jaxprotect.data.augment import AugmentConfig, augment_batch
-from jaxprotect.unlearnable import crafting, pgd, poison_io
+from jaxprotect.unlearnable import crafting, pgd, poison_io, victims
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EM = str(REPO / "experiments" / "em.py")
@@ -106,16 +107,17 @@ def test_clean_augment_moves_the_image_under_a_fixed_perturbation(host):
 
 def _tiny_config(method="em", mode="sample"):
   c = crafting.unlearnable_config()
-  c.method, c.mode = method, mode
-  c.model, c.model_kwargs.hidden = "mlp", (16,)
-  c.batch_size, c.eval_batch_size = 16, 16
-  c.pgd.batch_size, c.pgd.steps = 16, 2
-  c.train_steps, c.max_iterations, c.stop_error = 3, 2, 0.0
-  c.class_subset = 0.5
-  c.progress, c.tensorboard = False, False
+  s, k = c.surrogate, c.craft
+  k.method, k.mode = method, mode
+  s.model, s.model_kwargs.hidden = "mlp", (16,)
+  s.batch_size, s.eval_batch_size = 16, 16
+  k.pgd.batch_size, k.pgd.steps = 16, 2
+  k.train_steps, k.max_iterations, k.stop_error = 3, 2, 0.0
+  k.class_subset = 0.5
+  c.runtime.progress, c.runtime.tensorboard = False, False
   c.export.preview = False
-  c.checkpoint.async_save = False
-  c.loop = "host"
+  c.runtime.checkpoint.async_save = False
+  s.loop = "host"
   return c
 
 
@@ -124,7 +126,7 @@ def test_random_method_writes_uniform_noise_without_crafting(host, tmp_path, mod
   """``method="random"``, the papers' control: the initial uniform noise, no surrogate
   steps, within eps (and the pixel range, sample-wise), the same for the same seed."""
   c = _tiny_config("random", mode)
-  c.eps = 0.25
+  c.craft.eps = 0.25
   mesh = parallel.make_mesh(1)
   ds = data.to_device(host, mesh)
   r = [crafting.craft(c, tmp_path / f"r{i}", mesh, ds) for i in range(2)]
@@ -132,7 +134,7 @@ def test_random_method_writes_uniform_noise_without_crafting(host, tmp_path, mod
   d = [poison_io.load_poison(x["poison"]).delta for x in r]
   np.testing.assert_array_equal(d[0], d[1])
   assert d[0].shape == ((64 if mode == "sample" else 4), 8, 8, 1)
-  assert np.abs(d[0]).max() <= np.float32(c.eps) and np.abs(d[0]).mean() > 0.3 * c.eps
+  assert np.abs(d[0]).max() <= np.float32(c.craft.eps) and np.abs(d[0]).mean() > 0.3 * c.craft.eps
   if mode == "sample":
     x = np.asarray(jax.device_get(ds.train.images), np.float32) / 255.0
     assert (x + d[0]).min() >= -1e-6 and (x + d[0]).max() <= 1 + 1e-6
@@ -147,11 +149,11 @@ def test_random_method_writes_uniform_noise_without_crafting(host, tmp_path, mod
 ])
 def test_crafting_on_8_devices_equals_1_device(host, tmp_path, method, mode, layout, loop):
   c = _tiny_config(method, mode)
-  c.pgd.loop = loop
-  c.layout = layout
+  c.craft.pgd.loop = loop
+  c.data.layout = layout
   if method == "mi_ue":  # the reference's post-augmentation crafting, from a zero perturbation
-    c.clean_augment, c.delta_init = "flip", "zeros"
-    c.pgd.step_size = 2 / 255  # 2 iterations x 2 steps can reach eps from zero
+    c.craft.clean_augment, c.craft.delta_init = "flip", "zeros"
+    c.craft.pgd.step_size = 2 / 255  # 2 iterations x 2 steps can reach eps from zero
   deltas, results = [], []
   for n in (1, 8):
     mesh = parallel.make_mesh(n)
@@ -160,8 +162,8 @@ def test_crafting_on_8_devices_equals_1_device(host, tmp_path, method, mode, lay
     results.append(r)
   want = (64 if mode == "sample" else 4, 8, 8, 1)
   assert deltas[0].shape == want
-  assert np.abs(deltas[0]).max() <= np.float32(c.eps)
-  assert np.abs(deltas[0]).max() > 0.5 * c.eps  # PGD moved the noise
+  assert np.abs(deltas[0]).max() <= np.float32(c.craft.eps)
+  assert np.abs(deltas[0]).max() > 0.5 * c.craft.eps  # PGD moved the noise
   # Sign steps amplify float noise only where a gradient is ~0: demand near-total agreement.
   close = np.isclose(deltas[0], deltas[1], rtol=0, atol=1e-6)
   assert close.mean() > 0.999, close.mean()
@@ -171,23 +173,35 @@ def test_crafting_on_8_devices_equals_1_device(host, tmp_path, method, mode, lay
 def test_bad_crafting_configs_are_refused(host, tmp_path):
   mesh = parallel.make_mesh(1)
   ds = data.to_device(host, mesh)
-  for field, value, match in (("method", "tap", "unknown unlearnable method"), ("mode", "pixel", "mode"),
-                              ("eps", 0.0, "eps")):
+  for field, value, match in (("method", "tap", r"craft\.method: unknown unlearnable method 'tap'"),
+                              ("mode", "pixel", r"craft\.mode: unknown perturbation mode"),
+                              ("eps", 0.0, r"craft\.eps must be in \(0, 1\]"),
+                              ("max_iterations", 0, r"craft\.max_iterations must be >= 1")):
     c = _tiny_config()
-    c[field] = value
+    c.craft[field] = value
     with pytest.raises(ValueError, match=match):
       crafting.craft(c, tmp_path / field, mesh, ds)
   c = _tiny_config("mi_ue", "class")
-  with pytest.raises(ValueError, match="sample"):
+  with pytest.raises(ValueError, match=r"MI-UE crafts sample-wise perturbations \(craft\.mode='sample'\)"):
     crafting.craft(c, tmp_path / "miue", mesh, ds)
   c = _tiny_config("em", "class")
-  c.clean_augment = "flip"
-  with pytest.raises(ValueError, match="clean_augment needs sample-wise"):
+  c.craft.clean_augment = "flip"
+  with pytest.raises(ValueError, match=r"craft\.clean_augment needs sample-wise"):
     crafting.craft(c, tmp_path / "clean_augment", mesh, ds)
   c = _tiny_config()
-  c.delta_init = "gaussian"
+  c.craft.delta_init = "gaussian"
   with pytest.raises(ValueError, match="unknown delta_init"):
     crafting.craft(c, tmp_path / "init", mesh, ds)
+  c = _tiny_config()
+  c.surrogate.batch_size = 128
+  with pytest.raises(ValueError, match=r"surrogate\.batch_size=128 exceeds the 64 training examples"):
+    crafting.craft(c, tmp_path / "batch", mesh, ds)
+  # A field of the old flat schema is named with the nearest field of the new one.
+  loose = ml_collections.ConfigDict(_tiny_config().to_dict())
+  loose.craft.epss = 0.1
+  with pytest.raises(ValueError, match=r"unknown config field config\.craft\.epss; did you mean config\.craft\.eps"):
+    crafting.craft(loose, tmp_path / "loose", mesh, ds)
+  assert not any((tmp_path / d).exists() for d in ("method", "mode", "eps", "miue", "batch", "loose"))
 
 
 def test_poison_files_are_checked_and_exported(host, tmp_path):
@@ -195,8 +209,10 @@ def test_poison_files_are_checked_and_exported(host, tmp_path):
   ds = data.to_device(host, mesh)
   delta = np.asarray(pgd.init_delta(jax.random.PRNGKey(0), (64, 8, 8, 1), 8 / 255, ds.train.images))
   c = _tiny_config()
+  c.surrogate.seed = 7
   manifest = poison_io.save_poison(tmp_path / "p", delta, "sample", ds, config=c)
-  assert manifest["dataset"]["fingerprint"] == ds.fingerprint and manifest["eps"] == c.eps
+  assert manifest["dataset"]["fingerprint"] == ds.fingerprint and manifest["eps"] == c.craft.eps
+  assert (manifest["method"], manifest["mode"], manifest["seed"]) == ("em", "sample", 7)
   p = poison_io.load_poison(tmp_path / "p", ds)
   np.testing.assert_array_equal(p.delta, delta)
   np.testing.assert_array_equal(p.ids, host.train.ids)
@@ -231,11 +247,77 @@ def test_poison_files_are_checked_and_exported(host, tmp_path):
     poison_io.load_poison(tmp_path / "nowhere")
 
 
+def _hash_after(overrides, phase="craft"):
+  c = config_lib.apply_overrides(crafting.unlearnable_config(), overrides)
+  return crafting.crafting_hash(c) if phase == "craft" else config_lib.phase_hash(c, victims.VICTIM_SECTIONS)
+
+
+def test_each_phase_hashes_only_its_own_sections():
+  """Crafting hashes data, surrogate and craft (and a user's module); a victim data and
+  victim. Neither hashes runtime or data.dir: a resumed run may change them."""
+  craft0, victim0 = _hash_after([]), _hash_after([], "victim")
+  assert craft0 != victim0
+  not_crafting = ["victim.epochs=3", "victim.model=mlp", "victim.seed=1", "evaluate.poison=/p", "evaluate.seed=5",
+                  "evaluate.poison_fraction=0.5", "evaluate.clean=false", "evaluate.clean_workdir=/c",
+                  "export.png=true", "export.preview=false", "runtime.num_devices=1", "runtime.progress=false",
+                  "runtime.tensorboard=false", "runtime.checkpoint.every_iterations=5", "runtime.checkpoint.keep=1",
+                  "data.dir=/elsewhere"]
+  crafting_fields = ["craft.eps=0.1", "surrogate.seed=1", "surrogate.model=mlp", "surrogate.optimizer.lr=0.01",
+                     "surrogate.model_kwargs.width=8", "craft.pgd.steps=3", "craft.method=mi_ue",
+                     "craft.mi_ue.temperature=0.5", "data.train_subset=100", "data.name=cifar10"]
+  for o in not_crafting:
+    assert _hash_after([o]) == craft0, o
+  for o in crafting_fields:
+    assert _hash_after([o]) != craft0, o
+  not_victim = [o for o in not_crafting if not o.startswith("victim.")] + [
+      o for o in crafting_fields if not o.startswith("data.")]
+  for o in not_victim:
+    assert _hash_after([o], "victim") == victim0, o
+  for o in ("victim.epochs=3", "victim.seed=1", "victim.optimizer.lr=0.01", "data.train_subset=100"):
+    assert _hash_after([o], "victim") != victim0, o
+  # A user's surrogate module enters the crafting hash by its repr (bare or wrapped alike).
+  c = crafting.unlearnable_config()
+  module = models.get("mlp", 4, hidden=(16,))
+  assert crafting.crafting_hash(c, module) == crafting.crafting_hash(c, models.as_model(module)) != craft0
+  assert crafting.crafting_hash(c, module) != crafting.crafting_hash(c, models.get("mlp", 4, hidden=(8,)))
+
+
+def test_craft_resumes_under_new_victim_settings_and_refuses_new_crafting_settings(host, tmp_path):
+  """The checkpoints of a finished craft record the crafting hash: a config whose victim,
+  evaluate, export or runtime sections changed reuses them (nothing crafted again, the
+  same perturbations); one whose craft.eps or surrogate.seed changed is refused before
+  anything is written."""
+  mesh = parallel.make_mesh(1)
+  ds = data.to_device(host, mesh)
+  c = _tiny_config()
+  first = crafting.craft(c, tmp_path / "run", mesh, ds)
+  assert first["config_hash"] == crafting.crafting_hash(c)
+  log = (tmp_path / "run" / "metrics.jsonl").read_text()
+  assert [json.loads(line)["step"] for line in log.splitlines()] == [1, 2]
+  d = _tiny_config()
+  d.victim.epochs, d.evaluate.poison_fraction, d.evaluate.seed = 1, 0.5, 3
+  d.runtime.checkpoint.every_iterations, d.runtime.tensorboard = 7, True
+  again = crafting.craft(d, tmp_path / "run", mesh, ds)
+  assert again["delta_sha256"] == first["delta_sha256"]
+  assert again["surrogate_params_sha256"] == first["surrogate_params_sha256"]
+  assert (tmp_path / "run" / "metrics.jsonl").read_text() == log  # resumed at the end: nothing re-crafted
+  manifest = json.loads((tmp_path / "run" / "poison" / "manifest.json").read_text())
+  assert set(manifest["config"]) == set(crafting.CRAFTING_SECTIONS) and manifest["seed"] == 0
+  saved = json.loads((tmp_path / "run" / "config.json").read_text())
+  for field, value in (("eps", 0.1), ("seed", 5)):
+    e = _tiny_config()
+    (e.craft if field == "eps" else e.surrogate)[field] = value
+    with pytest.raises(ValueError, match="config hash"):
+      crafting.craft(e, tmp_path / "run", mesh, ds)
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == saved  # the refused run wrote nothing
+
+
 CRAFT_ARGS = [
-    "--config", EM + ":fashion_mnist_mini", "--config.train_subset=256", "--config.model=mlp",
-    "--config.batch_size=64", "--config.pgd.batch_size=64",
-    "--config.pgd.steps=2", "--config.train_steps=3", "--config.max_iterations=4", "--config.stop_error=0.0",
-    "--config.progress=False", "--config.num_devices=1", "--config.eval_batch_size=256",
+    "--config", EM + ":fashion_mnist_mini", "--config.data.train_subset=256", "--config.surrogate.model=mlp",
+    "--config.surrogate.batch_size=64", "--config.craft.pgd.batch_size=64",
+    "--config.craft.pgd.steps=2", "--config.craft.train_steps=3", "--config.craft.max_iterations=4",
+    "--config.craft.stop_error=0.0", "--config.runtime.progress=False", "--config.runtime.num_devices=1",
+    "--config.surrogate.eval_batch_size=256",
 ]
 
 
@@ -277,10 +359,10 @@ def test_em_noise_is_error_minimizing_on_real_data_and_victims_are_evaluated(tmp
   (Victims trained on this poison are *not* asserted to fail: on Fashion-MNIST, at eps
   8/255, we measured no drop for small CNN and MLP victims -- see the issue notes.)
   """
-  common = ["--config", EM + ":fashion_mnist_mini", "--config.train_subset=1000", "--config.num_devices=1",
-            "--config.progress=False", "--config.model=mlp",
-            "--config.batch_size=32", "--config.train_steps=5", "--config.pgd.batch_size=250",
-            "--config.pgd.steps=10", "--config.max_iterations=60", "--config.victim.model=mlp",
+  common = ["--config", EM + ":fashion_mnist_mini", "--config.data.train_subset=1000",
+            "--config.runtime.num_devices=1", "--config.runtime.progress=False", "--config.surrogate.model=mlp",
+            "--config.surrogate.batch_size=32", "--config.craft.train_steps=5", "--config.craft.pgd.batch_size=250",
+            "--config.craft.pgd.steps=10", "--config.craft.max_iterations=60", "--config.victim.model=mlp",
             "--config.victim.epochs=3", "--config.victim.batch_size=100"]
   assert cli_main(["poison", *common, "--workdir", str(tmp_path / "craft"), "--export=npz"]) == 0
   craft = json.loads((tmp_path / "craft" / "results.json").read_text())
@@ -288,7 +370,7 @@ def test_em_noise_is_error_minimizing_on_real_data_and_victims_are_evaluated(tmp
   assert craft["perturbed_train_accuracy"] - craft["clean_train_accuracy"] >= 0.05, craft
   assert (tmp_path / "craft" / "poison" / "preview.png").exists()
   assert (tmp_path / "craft" / "poisoned_train.npz").exists()
-  poison = f"--config.poison={tmp_path / 'craft'}"
+  poison = f"--config.evaluate.poison={tmp_path / 'craft'}"
   assert cli_main(["evaluate", *common, poison, "--workdir", str(tmp_path / "eval")]) == 0
   res = json.loads((tmp_path / "eval" / "results.json").read_text())
   assert set(res["test_accuracy"]) == {"poisoned", "clean"} and res["poison_fraction"] == 1.0
@@ -299,13 +381,17 @@ def test_em_noise_is_error_minimizing_on_real_data_and_victims_are_evaluated(tmp
   # through clean_workdir instead of training it again; another recipe is refused up front.
   clean_dir = tmp_path / "eval" / "clean"
   clean_log = (clean_dir / "metrics.jsonl").read_text()
-  share = [f"--config.poison={tmp_path / 'craft'}", f"--config.clean_workdir={clean_dir}"]
-  half = ["--config.poison_fraction=0.5", "--workdir", str(tmp_path / "half")]
+  share = [f"--config.evaluate.poison={tmp_path / 'craft'}", f"--config.evaluate.clean_workdir={clean_dir}"]
+  half = ["--config.evaluate.poison_fraction=0.5", "--workdir", str(tmp_path / "half")]
   assert cli_main(["evaluate", *common, *share, *half]) == 0
   half = json.loads((tmp_path / "half" / "results.json").read_text())
   assert half["test_accuracy"]["clean"] == res["test_accuracy"]["clean"] and half["poison_fraction"] == 0.5
   assert half["runs"]["clean"] == str(clean_dir) and not (tmp_path / "half" / "clean").exists()
   assert (clean_dir / "metrics.jsonl").read_text() == clean_log and len(half["curves"]["clean"]) == 3
+  # Settings of the crafting sections are not the victim's: the clean victim is still reused.
+  assert cli_main(["evaluate", *common, *share, "--config.craft.eps=0.1", "--config.surrogate.seed=3",
+                   "--workdir", str(tmp_path / "craft_changed")]) == 0
+  assert (clean_dir / "metrics.jsonl").read_text() == clean_log
   assert cli_main(["evaluate", *common, *share, "--config.victim.epochs=2", "--workdir", str(tmp_path / "other")]) == 1
   assert not (tmp_path / "other" / "poisoned").exists()
 
@@ -326,22 +412,19 @@ def test_em_poison_costs_a_victim_40_points_and_random_noise_almost_nothing_on_r
   sweep = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(sweep)
   size, eps, surrogate, augment, mode = sweep.ROWS["J"]  # 10k images, eps 0.3, small-CNN surrogate, crop2,flip
-  longer = ["--config.stop_error=0", "--config.max_iterations=8", "--config.victim.epochs=10"]
-  common = sweep.row_args(size, eps, surrogate, augment, mode) + longer
-  assert cli_main(["poison", *common, "--workdir", str(tmp_path / "em")]) == 0
-  craft = json.loads((tmp_path / "em" / "results.json").read_text())
+  longer = ["craft.stop_error=0", "craft.max_iterations=8", "victim.epochs=10"]
+  c = sweep.row_config(size, eps, surrogate, augment, mode, longer)
+  craft = unlearnable.craft(c, tmp_path / "em")
   assert craft["iterations"] == 8 and not craft["stopped_early"], craft  # stop_error=0: never stops early
-  poison = f"--config.poison={tmp_path / 'em'}"
-  assert cli_main(["evaluate", *common, poison, "--workdir", str(tmp_path / "em_victim")]) == 0
-  victim = json.loads((tmp_path / "em_victim" / "results.json").read_text())
+  c.evaluate.poison = str(tmp_path / "em")
+  victim = victims.evaluate(c, tmp_path / "em_victim")
   assert victim["victim"]["epochs"] == 10, victim["victim"]
   em = victim["test_accuracy"]
 
-  rand_args = sweep.row_args(size, eps, "random", augment, mode) + longer
-  assert cli_main(["poison", *rand_args, "--workdir", str(tmp_path / "random")]) == 0
-  assert cli_main(["evaluate", *rand_args, f"--config.poison={tmp_path / 'random'}", "--config.evaluate_clean=False",
-                   "--workdir", str(tmp_path / "random_victim")]) == 0
-  rand = json.loads((tmp_path / "random_victim" / "results.json").read_text())["test_accuracy"]
+  r = sweep.row_config(size, eps, "random", augment, mode, [*longer, f"evaluate.poison={tmp_path / 'random'}",
+                                                             "evaluate.clean=False"])
+  unlearnable.craft(r, tmp_path / "random")
+  rand = victims.evaluate(r, tmp_path / "random_victim")["test_accuracy"]
   print(f"clean {em['clean']:.4f}, EM {em['poisoned']:.4f}, random {rand['poisoned']:.4f}")
   assert em["clean"] > 0.85, em
   assert em["clean"] - em["poisoned"] >= 0.40, em

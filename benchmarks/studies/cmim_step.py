@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprotect import models, parallel, train
-from jaxprotect.config import train_config
+from jaxprotect.config import optimizer_config
 from jaxprotect.distill import teacher
 
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -41,7 +41,7 @@ def bench(name, shape, batch_size, steps, repeats, num_classes=10, **model_kwarg
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.uniform(size=(batch_size, *shape)), jnp.float32),
            "label": jnp.asarray(np.arange(batch_size) % num_classes, jnp.int32)}
-  tx = train.make_optimizer(train_config().optimizer, 100, 1)
+  tx = train.make_optimizer(optimizer_config(), 100, 1)
   example = batch["image"][:1]
   ce_state = train.init_state(model, tx, example, jax.random.PRNGKey(0), mesh)
   cents = jnp.full((len(TEMPERATURES), num_classes, num_classes), 1.0 / num_classes)

@@ -48,12 +48,12 @@ def run_one(a):
 
   from benchmarks import common, torch_impl, torch_models
   from jaxprotect import losses, models, parallel, train
-  from jaxprotect.config import train_config
+  from jaxprotect.config import optimizer_config
   from jaxprotect.unlearnable import pgd
 
   x_np, y_np = common.synthetic_cifar(a.batch)
   mesh = parallel.make_mesh(1)
-  opt = train_config().optimizer
+  opt = optimizer_config()
   opt.schedule = "constant"
   opt.lr = 0.1
   tx = train.make_optimizer(opt, 100, 1)

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from jaxprotect import data, models, parallel, train
-from jaxprotect.config import train_config
+from jaxprotect.config import optimizer_config
 from jaxprotect.data.augment import AugmentConfig
 
 
@@ -29,7 +29,7 @@ def bench(name, shape, dtype, batch, steps, width=None):
   ds = data.to_device(data.HostDataset("synthetic", split, split, 10, data.fingerprint(split, split)), mesh)
   kw = {"dtype": dtype} | ({"width": width} if width else {})
   model = models.get(name, 10, **kw)
-  tx = train.make_optimizer(train_config().optimizer, steps, 1)
+  tx = train.make_optimizer(optimizer_config(), steps, 1)
   state = train.init_state(model, tx, ds.example, jax.random.PRNGKey(0), mesh)
   chunk = train.make_train_chunk(model, train.ce_loss(), tx, mesh, batch, AugmentConfig.parse("crop4,flip"))
   # warm-up epoch of the same length as the timed one: with loop="scan" the chunk length

@@ -26,12 +26,14 @@ def subset(host: HostDataset, n: int) -> HostDataset:
 
 
 def from_config(config, mesh=None) -> DeviceDataset:
-  """The dataset a config names: ``config.dataset`` from ``config.data_dir``, the first
-  ``config.train_subset`` training examples when > 0, on ``mesh`` with ``config.layout``."""
-  host = load_arrays(config.dataset, config.get("data_dir"))
-  if config.get("train_subset"):
-    host = subset(host, config.train_subset)
-  return to_device(host, mesh, config.get("layout", "replicated"))
+  """The dataset of a run config's ``data`` section (or of that section itself): ``name``
+  from ``dir``, the first ``train_subset`` training examples when > 0, on ``mesh`` with
+  ``layout``."""
+  d = config.data if "data" in config else config
+  host = load_arrays(d.name, d.get("dir"))
+  if d.get("train_subset"):
+    host = subset(host, d.train_subset)
+  return to_device(host, mesh, d.get("layout", "replicated"))
 
 
 def load(name: str = DEFAULT_DATASET, data_dir: str | None = None, mesh=None,

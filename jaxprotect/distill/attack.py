@@ -1,10 +1,15 @@
 """Knock-off students against a black-box teacher, plus the CE and LS baselines.
 
 ``run_attacks(config, workdir)`` trains, for every seed in ``config.attacks.seeds``, one
-student per entry of ``attack_runs(config)`` -- each through ``runner.fit`` in its own
-run directory ``<workdir>/runs/<name>/seed<k>`` (resumable; a finished run is skipped).
-The teacher is loaded by this module only to build a ``BlackBoxTeacher``; student losses
-see its output vectors through the batch hook.
+student per entry of ``attack_runs(config)`` -- each through ``runner.fit`` on the
+config's ``student`` section in its own run directory ``<workdir>/runs/<name>/seed<k>``
+(resumable; a finished run of the same hash, ``student_hash``, is skipped). A run's
+config is a copy of the config with ``student.seed`` and ``student.label_smoothing`` set
+(``student_run_config``); its hash covers ``data``, ``student`` and the attack
+(``attack_settings``: name, kind, parameters, the teacher's digest, the black box's
+output), never the teacher's recipe or ``runtime``. The teacher is loaded by this module
+only to build a ``BlackBoxTeacher`` (``attacks.teacher``); student losses see its output
+vectors through the batch hook.
 
 ``<workdir>/attack.json`` records the teacher (directory, method, accuracy, digest), the
 student setting and, per run and seed, the final test accuracy.
@@ -12,6 +17,7 @@ student setting and, per run and seed, the final test accuracy.
 
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 from typing import Any
@@ -19,12 +25,11 @@ from typing import Any
 import ml_collections
 
 from jaxprotect import config as config_lib, data, models, parallel, runner
-from jaxprotect.config import train_config
-from jaxprotect.distill import blackbox, students, teacher as teacher_lib
+from jaxprotect.distill import blackbox, config as distill_config_lib, students, teacher as teacher_lib
 
 __all__ = [
-    "ATTACK_JSON", "ATTACK_NAMES", "BASELINES", "attack_runs", "run_attacks", "student_key",
-    "student_run_config",
+    "ATTACK_JSON", "ATTACK_NAMES", "BASELINES", "attack_runs", "attack_settings", "run_attacks", "student_hash",
+    "student_key", "student_run_config",
 ]
 
 ATTACK_JSON = "attack.json"
@@ -70,69 +75,83 @@ def attack_runs(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
 
 
 def student_key(config: ml_collections.ConfigDict) -> str:
-  """A hash of what makes two students comparable: dataset, student model and recipe."""
-  s = config.student.to_dict()
-  s.pop("progress", None)
-  d = {"student": s, "dataset": config.dataset, "train_subset": config.train_subset}
-  return config_lib.config_hash(ml_collections.ConfigDict(d))
+  """A hash of what makes two students comparable: ``data`` and ``student`` (without the
+  per-run ``seed`` and ``label_smoothing``). The report pairs knock-offs with the CE/LS
+  baselines of the same key."""
+  student = config.student.to_dict()
+  for per_run in ("seed", "label_smoothing"):
+    student.pop(per_run, None)
+  return config_lib.phase_hash(ml_collections.ConfigDict({"data": config.data, "student": student}),
+                               ("data", "student"))
 
 
-def student_run_config(config: ml_collections.ConfigDict, run: dict[str, Any], seed: int,
-                       teacher_sha: str | None) -> ml_collections.ConfigDict:
-  """The ``fit`` config of one student run (hashed into its checkpoints)."""
-  c = train_config()
-  for k in ("dataset", "data_dir", "layout", "train_subset", "num_devices", "chunk_steps", "loop", "checkpoint",
-            "progress", "tensorboard"):
-    c[k] = config[k]
-  s = config.student
-  c.model = s.model
-  c.model_kwargs = ml_collections.ConfigDict(s.model_kwargs.to_dict())
-  c.dtype = s.dtype
-  c.epochs = s.epochs
-  c.batch_size = s.batch_size
-  c.eval_batch_size = s.eval_batch_size
-  c.augment = s.augment
-  c.optimizer = ml_collections.ConfigDict(s.optimizer.to_dict())
-  c.label_smoothing = run["label_smoothing"]
-  c.seed = int(seed)
-  c.attack = ml_collections.ConfigDict({"name": run["name"], "kind": run["kind"], "params": run["params"],
-                                        "teacher_sha256": teacher_sha or "", "teacher_output": config.teacher_output})
+def student_run_config(config: ml_collections.ConfigDict, run: dict[str, Any], seed: int) -> ml_collections.ConfigDict:
+  """The config of one student run: a copy of ``config`` with ``student.seed`` and
+  ``student.label_smoothing`` (the ``ls`` baselines') set."""
+  c = copy.deepcopy(config)
+  c.student.seed = int(seed)
+  c.student.label_smoothing = float(run["label_smoothing"])
   return c
 
 
-def _finished(run_dir: pathlib.Path, run_config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+def attack_settings(config: ml_collections.ConfigDict, run: dict[str, Any], teacher_sha: str | None) -> dict[str, Any]:
+  """What a student run computes from besides ``data`` and ``student``: the attack
+  (``name``, ``kind``, ``params``), the teacher's parameter digest (empty for the CE/LS
+  baselines, which never query it) and what the black box returns."""
+  return {"name": run["name"], "kind": run["kind"], "params": run["params"], "teacher_sha256": teacher_sha or "",
+          "teacher_output": config.attacks.teacher_output}
+
+
+def student_hash(run_config: ml_collections.ConfigDict, settings: dict[str, Any]) -> str:
+  """The config hash a student's run directory records (``runner.fit`` with
+  ``section="student"`` and ``hash_extra={"attack": settings}``)."""
+  return runner.fit_hash(run_config, "student", {"attack": settings})
+
+
+def _finished(run_dir: pathlib.Path, expected_hash: str) -> dict[str, Any] | None:
   path = run_dir / "results.json"
   if not path.exists():
     return None
   results = json.loads(path.read_text())
-  return results if results.get("config_hash") == config_lib.config_hash(run_config) else None
+  return results if results.get("config_hash") == expected_hash else None
+
+
+def _check_student(config: ml_collections.ConfigDict) -> None:
+  if config.student.seed != 0:
+    raise ValueError(f"student.seed={config.student.seed}: the students' seeds are attacks.seeds")
+  if config.student.label_smoothing != 0.0:
+    raise ValueError(f"student.label_smoothing={config.student.label_smoothing}: the LS students' label smoothing "
+                     "is attacks.ls_eps (attack 'ls'); the other students use none")
 
 
 def run_attacks(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh=None,
                 dataset: data.DeviceDataset | None = None) -> dict[str, Any]:
-  """Trains every (attack, seed) student against ``config.teacher``; returns the record
-  written to ``attack.json``."""
+  """Trains every (attack, seed) student against the teacher in ``config.attacks.teacher``;
+  returns the record written to ``attack.json``."""
+  config_lib.check_fields(config, distill_config_lib.distill_config())
   workdir = pathlib.Path(workdir)
-  if not config.teacher:
-    raise ValueError("config.teacher: set it to the teacher run directory (CLI: --config.teacher=DIR)")
-  if config.teacher_output not in blackbox.OUTPUTS:
-    raise ValueError(f"teacher_output must be one of {blackbox.OUTPUTS}, got {config.teacher_output!r}")
+  a = config.attacks
+  if not a.teacher:
+    raise ValueError("attacks.teacher: set it to the teacher run directory (CLI: --config.attacks.teacher=DIR)")
+  if a.teacher_output not in blackbox.OUTPUTS:
+    raise ValueError(f"attacks.teacher_output must be one of {blackbox.OUTPUTS}, got {a.teacher_output!r}")
+  _check_student(config)
   runs = attack_runs(config)
-  t_model, t_vars, t_manifest = teacher_lib.load_teacher(config.teacher)
+  t_model, t_vars, t_manifest = teacher_lib.load_teacher(a.teacher)
   mesh = parallel.mesh_from_config(config, mesh)
   ds = dataset or data.from_config(config, mesh)
   t_ds = t_manifest["dataset"]
   if t_manifest["num_classes"] != ds.num_classes or list(t_ds["image_shape"]) != list(ds.train.image_shape):
-    raise ValueError(f"teacher in {config.teacher} was trained on {t_ds.get('name')} ({t_manifest['num_classes']} "
+    raise ValueError(f"teacher in {a.teacher} was trained on {t_ds.get('name')} ({t_manifest['num_classes']} "
                      f"classes, images {t_ds.get('image_shape')}); the students' dataset {ds.name!r} has "
                      f"{ds.num_classes} classes, images {list(ds.train.image_shape)}")
-  black_box = blackbox.BlackBoxTeacher(t_model, t_vars, config.teacher_output, mesh)
+  black_box = blackbox.BlackBoxTeacher(t_model, t_vars, a.teacher_output, mesh)
   del t_model, t_vars  # from here on only the black box
-  hook = blackbox.teacher_hook(config.teacher_output)
+  hook = blackbox.teacher_hook(a.teacher_output)
   steps_per_epoch = ds.train.size // config.student.batch_size
 
   record: dict[str, Any] = {
-      "teacher": {"dir": str(pathlib.Path(config.teacher).resolve()), "method": t_manifest["method"],
+      "teacher": {"dir": str(pathlib.Path(a.teacher).resolve()), "method": t_manifest["method"],
                   "model": t_manifest["model"], "test_accuracy": t_manifest["test_accuracy"],
                   "params_sha256": t_manifest["params_sha256"], "settings": t_manifest.get("settings", {})},
       "student": config.student.to_dict(),
@@ -145,20 +164,21 @@ def run_attacks(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, 
   for run in runs:
     entry = {"kind": run["kind"], "params": run["params"], "accuracy": {}, "seconds": {}}
     record["runs"][run["name"]] = entry
-    for seed in config.attacks.seeds:
-      is_baseline = run["kind"] in BASELINES
-      rc = student_run_config(config, run, seed, None if is_baseline else t_manifest["params_sha256"])
+    is_baseline = run["kind"] in BASELINES
+    settings = attack_settings(config, run, None if is_baseline else t_manifest["params_sha256"])
+    for seed in a.seeds:
+      rc = student_run_config(config, run, seed)
       run_dir = workdir / "runs" / run["name"] / f"seed{seed}"
-      results = _finished(run_dir, rc)
+      results = _finished(run_dir, student_hash(rc, settings))
       if results is None:
-        model = models.from_config(rc, ds.num_classes)
+        model = models.from_config(rc.student, ds.num_classes)
         kw: dict[str, Any] = {"model": model}
         if run["kind"] == "skeptical":
           kw["model"] = students.SkepticalStudent(model, ds.num_classes)
         if not is_baseline:
           kw.update(loss_fn=students.make_attack_loss(run["kind"], run["params"], steps_per_epoch),
                     batch_fn=hook, aux=black_box)
-        results = runner.fit(rc, run_dir, mesh, ds, **kw)
+        results = runner.fit(rc, run_dir, mesh, ds, section="student", hash_extra={"attack": settings}, **kw)
       entry["accuracy"][str(seed)] = results["test_accuracy"]
       entry["seconds"][str(seed)] = results["seconds_this_process"]  # of the process that finished the run
       if main:

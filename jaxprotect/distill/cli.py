@@ -1,7 +1,7 @@
 """``jaxprotect distill {teacher,attack,report}`` (routed here from ``jaxprotect.cli``).
 
   jaxprotect distill teacher --config experiments/cmim.py:<variant> --workdir DIR
-  jaxprotect distill attack  --config experiments/cmim.py:<variant> --config.teacher=<teacher dir> --workdir DIR
+  jaxprotect distill attack  --config experiments/cmim.py:<variant> --config.attacks.teacher=<teacher dir> --workdir DIR
   jaxprotect distill report  --workdir DIR [--runs ATTACK_DIR,...] [--ls_eps 0.1]
 
 Every run directory goes through ``runner.fit``, so re-running a killed command resumes
@@ -18,11 +18,12 @@ from jaxprotect.flags import parse_config_command, parse_flags, require
 USAGE = """usage: jaxprotect distill <command> [flags]
 
 commands:
-  teacher  train a CE, Nasty or CMIM teacher (--config.method) and write teacher.json,
-           teacher.msgpack and the CMI(T) curve:
-           --config experiments/cmim.py[:variant] --workdir DIR
-  attack   train CE/LS baselines and knock-off students against a black-box teacher:
-           --config experiments/cmim.py[:variant] --config.teacher=TEACHER_DIR --workdir DIR
+  teacher  train a CE, Nasty or CMIM teacher (--config.method; model and recipe
+           --config.teacher.<field>) and write teacher.json, teacher.msgpack and the CMI(T) curve:
+           --config experiments/cmim.py[:variant[,method]] --workdir DIR
+  attack   train CE/LS baselines and knock-off students (--config.student.<field>) against a
+           black-box teacher:
+           --config experiments/cmim.py[:variant] --config.attacks.teacher=TEACHER_DIR --workdir DIR
   report   teacher accuracy, CE/LS students, knock-offs, Delta, verdict (report.md/.json):
            --workdir DIR [--runs ATTACK_DIR,...] [--ls_eps 0.1]
 

@@ -8,9 +8,13 @@ plus, once training has finished:
   test accuracy, method and parameter digest;
 * ``cmi_curve.json`` / ``cmi_curve.png`` -- CMI(T) on the train and test splits.
 
+The model and its recipe are the config's ``teacher`` section; the teacher's checkpoints
+record the hash of ``data``, ``teacher`` and the method's settings (``teacher_hash``), so
+the student and attack settings of the same config can change freely.
+
 A Nasty teacher needs a frozen, normally trained reference: ``nasty.reference`` names a
-finished teacher directory, or (empty) a CE reference is trained first in
-``<workdir>/reference``.
+finished teacher directory, or (empty) a CE reference -- the same config with method
+``"ce"`` -- is trained first in ``<workdir>/reference``.
 
 CMIM keeps one K x K centroid matrix per temperature in ``state.extra["centroids"]``
 (checkpointed with the state): initialised by a full pass of the initial model over the
@@ -21,6 +25,7 @@ update (stop-gradient).
 
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 from typing import Any
@@ -33,18 +38,16 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxprotect import config as config_lib, data, losses, models, parallel, runner, train
-from jaxprotect.distill import blackbox, curve
+from jaxprotect.distill import blackbox, config as distill_config_lib, curve
+from jaxprotect.distill.config import METHODS
 
 __all__ = [
-    "METHODS", "TEACHER_JSON", "TEACHER_VARIABLES", "TRAIN_FIELDS", "build_model", "cmim_stateful_loss",
-    "initial_centroids", "load_teacher", "nasty_loss", "teacher_run_config", "train_part", "train_teacher",
+    "METHODS", "TEACHER_JSON", "TEACHER_VARIABLES", "cmim_stateful_loss", "initial_centroids", "load_teacher",
+    "method_settings", "nasty_loss", "teacher_hash", "teacher_hash_extra", "train_teacher",
 ]
 
-METHODS = ("ce", "nasty", "cmim")
 TEACHER_JSON = "teacher.json"
 TEACHER_VARIABLES = "teacher.msgpack"
-# the fields of the experiment config that make up a plain supervised run (train_config())
-TRAIN_FIELDS = tuple(config_lib.train_config().keys())
 _CMIM_KEY_SALT = 0x434D494D  # "CMIM": separates the temperature-draw stream from the run's
 
 
@@ -107,29 +110,38 @@ def initial_centroids(model, variables, split: data.DeviceSplit, temperatures, m
 
 
 # ---------------------------------------------------------------------------------------
-# Configs
+# Configs and hashes
 # ---------------------------------------------------------------------------------------
 
-def train_part(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The plain supervised-training fields of an experiment config (a fresh ConfigDict)."""
-  return ml_collections.ConfigDict({k: config[k] for k in TRAIN_FIELDS if k in config})
-
-
-def teacher_run_config(config: ml_collections.ConfigDict, method: str | None = None,
-                       reference_sha: str | None = None) -> ml_collections.ConfigDict:
-  """The config hashed into the teacher's checkpoints: the training fields plus the
-  method's settings (and nothing about students, so attack settings can change freely)."""
+def method_settings(config: ml_collections.ConfigDict, method: str | None = None,
+                    reference_sha: str | None = None) -> dict[str, Any]:
+  """What a teacher of ``method`` (default ``config.method``) computes from besides ``data``
+  and ``teacher``: ``{"cmim": {...}}``, ``{"nasty": {tau, omega, reference_sha256}}`` (the
+  reference teacher's parameter digest) or ``{}`` for CE; the other methods' settings do
+  not enter."""
   method = method or config.method
   if method not in METHODS:
     raise ValueError(f"unknown teacher method {method!r}; use one of {METHODS}")
-  c = train_part(config)
-  c.teacher = ml_collections.ConfigDict({"method": method})
   if method == "cmim":
-    c.teacher.cmim = ml_collections.ConfigDict(config.cmim.to_dict())
-  elif method == "nasty":
-    c.teacher.nasty = ml_collections.ConfigDict({"tau": config.nasty.tau, "omega": config.nasty.omega,
-                                                 "reference_sha256": reference_sha or ""})
-  return c
+    return {"cmim": config.cmim.to_dict()}
+  if method == "nasty":
+    return {"nasty": {"tau": config.nasty.tau, "omega": config.nasty.omega, "reference_sha256": reference_sha or ""}}
+  return {}
+
+
+def teacher_hash_extra(config: ml_collections.ConfigDict, method: str | None = None,
+                       reference_sha: str | None = None) -> dict[str, Any]:
+  """The ``hash_extra`` of the teacher's ``runner.fit`` (``section="teacher"``):
+  ``{"method", "settings": method_settings(...)}``."""
+  method = method or config.method
+  return {"method": method, "settings": method_settings(config, method, reference_sha)}
+
+
+def teacher_hash(config: ml_collections.ConfigDict, method: str | None = None,
+                 reference_sha: str | None = None) -> str:
+  """The config hash a teacher's run directory records: ``data``, ``teacher`` and the
+  method's settings (``method_settings``); never ``student``, ``attacks`` or ``runtime``."""
+  return runner.fit_hash(config, "teacher", teacher_hash_extra(config, method, reference_sha))
 
 
 def _check_cmim(cfg: ml_collections.ConfigDict) -> None:
@@ -146,21 +158,23 @@ def _check_cmim(cfg: ml_collections.ConfigDict) -> None:
 # Training, export, loading
 # ---------------------------------------------------------------------------------------
 
-def build_model(run_config: ml_collections.ConfigDict, num_classes: int):
-  return models.from_config(run_config, num_classes)
-
-
 def train_teacher(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mesh: Mesh | None = None,
                   dataset: data.DeviceDataset | None = None) -> dict[str, Any]:
-  """Trains (or resumes) the teacher ``config.method`` in ``workdir`` and exports it.
+  """Trains (or resumes) the teacher ``config.method`` (model and recipe: ``config.teacher``)
+  in ``workdir`` and exports it.
 
   Returns the teacher manifest (also written to ``teacher.json``). The CMI curve is
-  written as well when ``config.curve.enabled``.
+  written as well when ``config.curve.enabled``. A Nasty teacher without
+  ``nasty.reference`` first trains its CE reference: the same config with method
+  ``"ce"``, in ``<workdir>/reference``.
   """
+  config_lib.check_fields(config, distill_config_lib.distill_config())
   workdir = pathlib.Path(workdir)
   method = config.method
   if method not in METHODS:
     raise ValueError(f"unknown teacher method {method!r}; use one of {METHODS}")
+  if method == "cmim":
+    _check_cmim(config.cmim)
   mesh = parallel.mesh_from_config(config, mesh)
   ds = dataset or data.from_config(config, mesh)
 
@@ -169,7 +183,7 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   if method == "nasty":
     ref_dir = pathlib.Path(config.nasty.reference) if config.nasty.reference else workdir / "reference"
     if not config.nasty.reference:
-      ref_cfg = ml_collections.ConfigDict(config.to_dict())
+      ref_cfg = copy.deepcopy(config)
       ref_cfg.method = "ce"
       ref_cfg.curve.enabled = False
       train_teacher(ref_cfg, ref_dir, mesh, ds)
@@ -183,38 +197,39 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     kw["aux"] = blackbox.BlackBoxTeacher(ref_model, ref_vars, "logits", mesh)
     kw["loss_fn"] = nasty_loss(config.nasty.tau, config.nasty.omega)
 
-  run_config = teacher_run_config(config, method, reference_sha)
-  model = build_model(run_config, ds.num_classes)
+  t = config.teacher
+  model = models.from_config(t, ds.num_classes)
   if method == "cmim":
     cfg = config.cmim
-    _check_cmim(cfg)
-    steps_per_epoch = ds.train.size // run_config.batch_size
+    steps_per_epoch = ds.train.size // t.batch_size
     kw["loss_fn"] = cmim_stateful_loss(
-        tuple(cfg.temperatures), cfg.lam, cfg.aggregation, cfg.weighting, cfg.decay, config.seed,
-        int(round(cfg.lam_warmup_epochs * steps_per_epoch)), config.label_smoothing)
+        tuple(cfg.temperatures), cfg.lam, cfg.aggregation, cfg.weighting, cfg.decay, t.seed,
+        int(round(cfg.lam_warmup_epochs * steps_per_epoch)), t.label_smoothing)
     # full-pass centroids of the parameters fit starts from
     kw["extra"] = lambda state: {"centroids": initial_centroids(
-        model, train.variables_of(state), ds.train, cfg.temperatures, mesh, run_config.eval_batch_size)}
+        model, train.variables_of(state), ds.train, cfg.temperatures, mesh, t.eval_batch_size)}
 
-  results, state = runner.fit(run_config, workdir, mesh, ds, model=model, return_state=True, **kw)
+  hash_extra = teacher_hash_extra(config, method, reference_sha)
+  results, state = runner.fit(config, workdir, mesh, ds, section="teacher", hash_extra=hash_extra, model=model,
+                              return_state=True, **kw)
   variables = jax.device_get(train.variables_of(state))
   manifest = {
       "method": method,
-      "model": run_config.model,
-      "model_kwargs": run_config.model_kwargs.to_dict(),
-      "dtype": run_config.dtype,
+      "model": t.model,
+      "model_kwargs": t.model_kwargs.to_dict(),
+      "dtype": t.dtype,
       "num_classes": ds.num_classes,
       "dataset": data.describe(ds),
       "test_accuracy": results["test_accuracy"],
       "params_sha256": results["params_sha256"],
       "config_hash": results["config_hash"],
-      "settings": run_config.teacher.to_dict(),
+      "settings": {"method": method, **hash_extra["settings"]},
   }
   if parallel.is_main_process():
     config_lib.write_bytes_atomic(workdir / TEACHER_VARIABLES, flax.serialization.msgpack_serialize(_plain(variables)))
     config_lib.write_json_atomic(workdir / TEACHER_JSON, manifest)
   if config.curve.enabled:
-    curve.write_cmi_curve(model, variables, ds, workdir, config.curve, mesh, run_config.eval_batch_size)
+    curve.write_cmi_curve(model, variables, ds, workdir, config.curve, mesh, t.eval_batch_size)
   return manifest
 
 

@@ -87,8 +87,9 @@ def get(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 
 def from_config(config: Any, num_classes: int) -> nn.Module:
-  """The zoo model a config names: ``get(config.model, num_classes, dtype=config.dtype,
-  **config.model_kwargs)``."""
+  """The zoo model of a model section (``config.model_config()``; or any mapping with
+  ``model``, ``model_kwargs``, ``dtype``): ``get(model, num_classes, dtype=dtype,
+  **model_kwargs)``."""
   kwargs = config.get("model_kwargs") or {}
   kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
   return get(config["model"], num_classes, dtype=config.get("dtype", "float32"), **kwargs)

@@ -1,4 +1,13 @@
-"""``jaxprotect poison`` and ``jaxprotect evaluate``."""
+"""``jaxprotect poison`` and ``jaxprotect evaluate``: ``--config`` is an experiment file
+whose ``get_config`` returns an ``unlearnable_config()`` (``experiments/em.py``,
+``experiments/mi_ue.py``), ``--config.<section>.<field>=<value>`` overrides a field::
+
+  jaxprotect poison   --config experiments/em.py:fashion_mnist_mini --config.craft.eps=0.1 --workdir DIR
+  jaxprotect evaluate --config experiments/em.py:fashion_mnist_mini --config.evaluate.poison=DIR --workdir DIR2
+
+``poison --export=png,npz`` (or ``--config.export.png=true``, ``--config.export.npz=true``)
+also writes the protected training set.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +21,8 @@ def _define(fv, flags, export: bool = False):
   define_config_flags(fv, flags, "config file[:variant], e.g. experiments/em.py:fashion_mnist")
   if export:
     flags.DEFINE_list("export", [], "also export the protected training set: png (a folder per class), "
-                      "npz (an array dataset jaxprotect.data.load reads)", flag_values=fv)
+                      "npz (an array dataset jaxprotect.data.load reads); or config.export.png/npz",
+                      flag_values=fv)
 
 
 def cmd_poison(argv: Sequence[str]) -> int:

@@ -2,9 +2,10 @@
 
 A poison directory holds::
 
-  manifest.json  format version, method, mode, eps, seed, the crafting config, the source
-                 dataset (name, sizes, fingerprint), jaxprotect version and the SHA-256 of
-                 every file below
+  manifest.json  format version, method, mode, eps, seed (craft.method, craft.mode,
+                 craft.eps, surrogate.seed), the crafting config (its data, surrogate
+                 and craft sections), the source dataset (name, sizes, fingerprint),
+                 jaxprotect version and the SHA-256 of every file below
   delta.npy      float32 perturbations in pixel units: N x H x W x C (sample-wise, row i
                  belongs to example ids[i]) or K x H x W x C (class-wise, row k to class k)
   ids.npy        int32 example ids of the rows (sample-wise)
@@ -78,7 +79,9 @@ def _replace_dir(tmp: pathlib.Path, final: pathlib.Path) -> None:
 def save_poison(directory: os.PathLike | str, delta: np.ndarray, mode: str, ds: data.DeviceDataset, *,
                 config: Any = None, stats: dict[str, Any] | None = None) -> dict[str, Any]:
   """Writes ``delta`` (mode ``"sample"`` or ``"class"``) for dataset ``ds`` atomically;
-  returns the manifest."""
+  returns the manifest. ``config``: the crafting config (an ``unlearnable_config()`` or
+  its ``data``, ``surrogate`` and ``craft`` sections), recorded whole; the manifest's
+  ``method`` and ``eps`` come from its ``craft`` section, ``seed`` from ``surrogate``."""
   directory = pathlib.Path(directory)
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
@@ -88,13 +91,14 @@ def save_poison(directory: os.PathLike | str, delta: np.ndarray, mode: str, ds: 
     if mode == "sample":
       np.save(tmp / "ids.npy", np.asarray(jax.device_get(ds.train.ids), np.int32))
       files.append("ids.npy")
-    cfg = config.to_dict() if hasattr(config, "to_dict") else (config or {})
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+    craft, surrogate = cfg.get("craft") or {}, cfg.get("surrogate") or {}
     manifest = {
         "format": FORMAT,
-        "method": cfg.get("method"),
+        "method": craft.get("method"),
         "mode": mode,
-        "eps": cfg.get("eps"),
-        "seed": cfg.get("seed"),
+        "eps": craft.get("eps"),
+        "seed": surrogate.get("seed"),
         "config": cfg,
         "dataset": data.describe(ds),
         "jaxprotect_version": _code_version(),
@@ -151,7 +155,7 @@ def check_matches(poison: Poison, ds: data.DeviceDataset) -> None:
     raise ValueError(
         f"{where}: crafted on {src['name']!r} ({src['train_size']} train, fingerprint {src['fingerprint'][:12]}...), "
         f"but the dataset given is {ds.name!r} ({ds.train.size} train, fingerprint {ds.fingerprint[:12]}...); "
-        "use the dataset, data_dir and train_subset the poison was crafted with")
+        "use the data.name, data.dir and data.train_subset the poison was crafted with")
   if tuple(poison.delta.shape[1:]) != tuple(ds.train.image_shape):
     raise ValueError(f"{where}: perturbation shape {poison.delta.shape[1:]} != image shape {ds.train.image_shape}")
   if poison.mode == "sample" and not np.array_equal(poison.ids, np.asarray(jax.device_get(ds.train.ids))):

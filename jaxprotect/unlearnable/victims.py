@@ -1,12 +1,16 @@
 """Victim evaluation: train a fresh model on the poisoned training set (and, beside it,
 on clean data with the same recipe) and report clean-test accuracy.
 
-``workdir/poisoned`` and ``workdir/clean`` (or ``config.clean_workdir``) are ordinary
-resumable training runs (``runner.fit``); ``workdir/results.json`` and
-``workdir/report.md`` compare them, and ``workdir/curves.png`` plots both training
-curves. A clean victim that has finished is restored, not trained again, so evaluations
-of several poisons under one victim recipe can share it through ``clean_workdir``; its
-config hash and dataset fingerprint must match, or the run is refused.
+The victim is the ``victim`` section of an ``unlearnable_config()`` trained on its
+``data`` (``runner.fit(..., section="victim")``); the ``evaluate`` section says which
+poison, how much of the training set carries it and where the clean victim trains.
+``workdir/poisoned`` and ``workdir/clean`` (or ``evaluate.clean_workdir``) are ordinary
+resumable training runs whose checkpoints record the hash of ``data`` and ``victim``
+only; ``workdir/results.json`` and ``workdir/report.md`` compare them, and
+``workdir/curves.png`` plots both training curves. A clean victim that has finished is
+restored, not trained again, so evaluations of several poisons under one victim recipe
+can share it through ``evaluate.clean_workdir``; its config hash and dataset fingerprint
+must match, or the run is refused.
 """
 
 from __future__ import annotations
@@ -19,33 +23,27 @@ from typing import Any
 import ml_collections
 
 from jaxprotect import checkpoint, config as config_lib, data, parallel, runner
-from jaxprotect.unlearnable import poison_io
+from jaxprotect.unlearnable import crafting, poison_io
 
 __all__ = [
-    "evaluate", "report_markdown", "victim_config",
+    "VICTIM_SECTIONS", "evaluate", "report_markdown",
 ]
 
-_DATASET_FIELDS = ("dataset", "data_dir", "layout", "train_subset", "num_devices", "progress", "tensorboard")
+# The sections a victim trains from (hashed into its checkpoints).
+VICTIM_SECTIONS = ("data", "victim")
 
 
-def victim_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The victim's training config, with the dataset fields of the top level."""
-  v = ml_collections.ConfigDict(config.victim.to_dict())
-  for f in _DATASET_FIELDS:
-    v[f] = config[f]
-  return v
-
-
-def _check_reusable(run_dir: pathlib.Path, vcfg: ml_collections.ConfigDict) -> None:
+def _check_reusable(run_dir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
   """Refuses, before any training, a clean-victim directory checkpointed under another recipe."""
   if not (run_dir / "checkpoints").is_dir():
     return
-  ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", config_lib.config_hash(vcfg), async_save=False)
+  ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", config_lib.phase_hash(config, VICTIM_SECTIONS),
+                                 async_save=False)
   try:
     if ckpt.latest_step() is not None:
       ckpt.check_config()
   except ValueError as e:
-    raise ValueError(f"clean victim directory {run_dir}: {e} (or point config.clean_workdir elsewhere)") from e
+    raise ValueError(f"clean victim directory {run_dir}: {e} (or point evaluate.clean_workdir elsewhere)") from e
   finally:
     ckpt.close()
 
@@ -81,31 +79,38 @@ def _plot_curves(path: pathlib.Path, curves: dict[str, list[dict[str, Any]]]) ->
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh=None) -> dict[str, Any]:
-  """Trains the victim on ``config.poison`` (a fraction ``config.poison_fraction`` of the
-  training set poisoned) and, if ``config.evaluate_clean``, on clean data."""
-  if not config.get("poison"):
-    raise ValueError("config.poison: set it to a poison directory or a crafting workdir (CLI: --config.poison=DIR)")
+  """Trains ``config.victim`` on ``config.evaluate.poison`` (a fraction
+  ``evaluate.poison_fraction`` of the training set poisoned, chosen by ``evaluate.seed``)
+  and, if ``evaluate.clean``, on clean data; resumable, and a finished victim is not
+  trained again. Returns (and writes) the results."""
+  config_lib.check_fields(config, crafting.unlearnable_config())
+  e = config.evaluate
+  if not e.get("poison"):
+    raise ValueError("evaluate.poison: set it to a poison directory or a crafting workdir "
+                     "(CLI: --config.evaluate.poison=DIR)")
+  if not 0.0 <= e.poison_fraction <= 1.0:
+    raise ValueError(f"evaluate.poison_fraction must be in [0, 1], got {e.poison_fraction}")
   workdir = pathlib.Path(workdir)
   mesh = parallel.mesh_from_config(config, mesh)
-  vcfg = victim_config(config)
-  clean = data.from_config(vcfg, mesh)
-  poison = poison_io.load_poison(config.poison)
-  poisoned = poison_io.apply(clean, poison, config.poison_fraction, seed=config.seed)  # checks the dataset
+  clean = data.from_config(config, mesh)
+  poison = poison_io.load_poison(e.poison)
+  poisoned = poison_io.apply(clean, poison, e.poison_fraction, seed=e.seed)  # checks the dataset
   dirs = {"poisoned": workdir / "poisoned"}
-  if config.evaluate_clean:
-    dirs["clean"] = pathlib.Path(config.get("clean_workdir") or workdir / "clean")
-    _check_reusable(dirs["clean"], vcfg)
-  runs = {name: runner.fit(vcfg, d, mesh, dataset=poisoned if name == "poisoned" else clean)
+  if e.clean:
+    dirs["clean"] = pathlib.Path(e.get("clean_workdir") or workdir / "clean")
+    _check_reusable(dirs["clean"], config)
+  runs = {name: runner.fit(config, d, mesh, dataset=poisoned if name == "poisoned" else clean, section="victim")
           for name, d in dirs.items()}
   curves = {name: _curve(d) for name, d in dirs.items()}
+  v = config.victim
   results: dict[str, Any] = {
-      "poison": str(poison_io.resolve(config.poison)),
+      "poison": str(poison_io.resolve(e.poison)),
       "method": poison.manifest.get("method"),
       "mode": poison.mode,
       "eps": poison.manifest.get("eps"),
-      "poison_fraction": config.poison_fraction,
+      "poison_fraction": e.poison_fraction,
       "runs": {name: str(d) for name, d in dirs.items()},
-      "victim": {"model": vcfg.model, "epochs": vcfg.epochs, "augment": vcfg.augment},
+      "victim": {"model": v.model, "epochs": v.epochs, "augment": v.augment},
       "test_accuracy": {name: r["test_accuracy"] for name, r in runs.items()},
       "class_accuracy": {name: r["class_accuracy"] for name, r in runs.items()},
       "curves": curves,
