@@ -35,7 +35,7 @@ import numpy as np
 from jax.experimental import checkify
 
 __all__ = [
-    "checked", "check_batch_size", "check_floating", "check_labels", "check_logits", "check_nonnegative",
+    "checked", "check_batch_size", "check_floating", "check_images_and_labels", "check_labels", "check_logits", "check_nonnegative",
     "check_positive", "check_positive_int", "check_range", "check_shape", "is_concrete", "value_checks",
     "value_checks_enabled",
 ]
@@ -134,6 +134,20 @@ def check_labels(labels: Any, num_classes: int, name: str = "labels_B", batch: i
   if not jnp.issubdtype(_dtype(labels), jnp.integer):
     _fail(name, "integer class indices", f"dtype {_dtype(labels)}")
   _value_check(lambda y: (y >= 0) & (y < num_classes), labels, name, f"class indices in [0, {num_classes})")
+
+
+def check_images_and_labels(images: Any, labels: Any, images_name: str = "images",
+                            labels_name: str = "labels") -> int:
+  """A batch of float images ``B x H x W x C`` in [0, 1] (B >= 1) with ``B`` labels;
+  returns B. The range is a value check (eager when concrete, else under ``checked``)."""
+  check_shape(images, images_name, ndim=4)
+  check_floating(images, images_name)
+  b = np.shape(images)[0]
+  if b < 1:
+    raise ValueError(f"{images_name}: expected a non-empty batch, got 0 images")
+  check_shape(labels, labels_name, shape=(b,))
+  check_range(images, 0.0, 1.0, images_name)
+  return b
 
 
 def check_range(x: Any, lo: float, hi: float, name: str) -> None:

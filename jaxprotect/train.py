@@ -219,13 +219,7 @@ def _check_batch(batch: dict[str, jax.Array]) -> None:
   if not isinstance(batch, dict) or "image" not in batch or "label" not in batch:
     raise ValueError(f"batch: expected a dict with 'image' and 'label', got {type(batch).__name__} "
                      f"{sorted(batch) if isinstance(batch, dict) else ''}")
-  checks.check_shape(batch["image"], "batch['image']", ndim=4)
-  checks.check_floating(batch["image"], "batch['image']")
-  b = np.shape(batch["image"])[0]
-  if b < 1:
-    raise ValueError("batch['image']: expected a non-empty batch, got 0 images")
-  checks.check_shape(batch["label"], "batch['label']", shape=(b,))
-  checks.check_range(batch["image"], 0.0, 1.0, "batch['image']")
+  checks.check_images_and_labels(batch["image"], batch["label"], "batch['image']", "batch['label']")
 
 
 def _apply_loss(loss_fn: Callable, outputs: Outputs, batch: dict[str, jax.Array], extra: Any):

@@ -138,13 +138,8 @@ def make_batch_pgd(model: nn.Module | Model, objective: Objective, num_steps: in
     return jax.grad(lambda d: objective(model.apply(variables, x + d, train=False), {"image": x + d, "label": y}))(d)
 
   def check(x, y, d, eps, alpha):
-    checks.check_shape(x, "x", ndim=4)
-    checks.check_floating(x, "x")
-    if np.shape(x)[0] < 1:
-      raise ValueError("x: expected a non-empty batch, got 0 images")
-    checks.check_shape(y, "y", shape=(np.shape(x)[0],))
+    checks.check_images_and_labels(x, y, "x", "y")
     checks.check_shape(d, "delta", shape=np.shape(x))
-    checks.check_range(x, 0.0, 1.0, "x")
     checks.check_nonnegative(eps, "eps")
     checks.check_nonnegative(alpha, "alpha")
 
