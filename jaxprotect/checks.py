@@ -35,9 +35,9 @@ import numpy as np
 from jax.experimental import checkify
 
 __all__ = [
-    "checked", "check_batch_size", "check_floating", "check_images_and_labels", "check_labels", "check_logits", "check_nonnegative",
-    "check_positive", "check_positive_int", "check_range", "check_shape", "is_concrete", "value_checks",
-    "value_checks_enabled",
+    "checked", "check_batch_size", "check_floating", "check_images_and_labels", "check_labels", "check_logits",
+    "check_nonnegative", "check_positive", "check_positive_int", "check_range", "check_shape", "is_concrete",
+    "value_checks", "value_checks_enabled",
 ]
 
 # A jit-cache-sensitive flag: tracing under another value misses the cache.
