@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # Every public subpackage and module, imported on first use.
 __all__ = ["checkpoint", "checks", "cli", "config", "data", "distill", "flags", "losses", "metrics",
-           "models", "ops", "parallel", "platform", "run", "runner", "train", "unlearnable"]
+           "models", "ops", "parallel", "platform", "run", "runner", "stats", "train", "unlearnable"]
 _SUBMODULES = frozenset(__all__)
 
 

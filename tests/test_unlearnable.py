@@ -145,7 +145,7 @@ def test_random_method_writes_uniform_noise_without_crafting(host, tmp_path, mod
 
 @pytest.mark.parametrize("method,mode,layout,loop", [
     ("em", "sample", "sharded", "scan"), ("em", "class", "replicated", "host"),
-    ("mi_ue", "sample", "replicated", "host"),
+    ("mi_ue", "sample", "replicated", "host"), ("mi_ue", "sample", "sharded", "scan"),
 ])
 def test_crafting_on_8_devices_equals_1_device(host, tmp_path, method, mode, layout, loop):
   c = _tiny_config(method, mode)

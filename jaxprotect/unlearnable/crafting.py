@@ -2,8 +2,12 @@
 
 An outer iteration alternates a surrogate *training* phase on the currently perturbed
 training set and a *perturbation* phase descending the method's objective; the loop
-stops when the surrogate's error on the perturbed set falls below ``craft.stop_error``
-(EM) or after ``craft.max_iterations`` (MI-UE's fixed number of epochs; EM's safeguard).
+stops when the surrogate's error on the perturbed set (``craft.stop_on``: the whole
+training set, or class-wise the subset the noise is fitted on) falls below
+``craft.stop_error`` (EM) or after ``craft.max_iterations`` (MI-UE's fixed number of
+epochs; EM's safeguard). The perturbation phase visits its batches in a fixed order or in
+a new order each outer iteration (``craft.reshuffle``; by default only for objectives
+that couple the examples of a batch, such as MI-UE's).
 Both phases run on device over the mesh; state (surrogate, perturbation, iteration) is
 checkpointed at iteration ends (every ``runtime.checkpoint.every_iterations``), so a
 killed run resumes to the same perturbations. The checkpoints record the hash of the
@@ -29,17 +33,22 @@ from jaxprotect.data.augment import AugmentConfig
 from jaxprotect.unlearnable import pgd, poison_io
 
 __all__ = [
-    "CRAFTING_SECTIONS", "DELTA_INITS", "METHODS", "MODES", "classwise_positions", "craft", "crafting_hash",
-    "objective_of", "step_size", "unlearnable_config", "validate",
+    "CRAFTING_SECTIONS", "DELTA_INITS", "METHODS", "MODES", "RESHUFFLE", "STOP_ON", "classwise_positions", "craft",
+    "crafting_hash", "objective_of", "order_key", "reshuffles", "step_size", "unlearnable_config", "validate",
 ]
 
 METHODS = ("em", "mi_ue", "random")  # "random": uniform noise, the papers' control
 MODES = ("sample", "class")
 DELTA_INITS = ("uniform", "zeros")
+# craft.reshuffle: a new pass order per outer iteration for batch-coupled objectives only, always, never.
+RESHUFFLE = ("auto", "always", "never")
+STOP_ON = ("all", "subset")  # craft.stop_on: the stop rule's examples (class-wise: "subset")
 # The sections crafting computes from (hashed into its checkpoints, recorded in the poison's manifest).
 CRAFTING_SECTIONS = ("data", "surrogate", "craft")
 # Stream of the clean-image augmentation of the PGD passes (fold_in of the seed's key).
 _CLEAN_AUGMENT_STREAM = 0x636C65
+# Stream of the pass orders (craft.reshuffle): fold_in(fold_in(seed's key, this), iteration).
+_ORDER_STREAM = 0x6F7264
 
 
 def unlearnable_config() -> ml_collections.ConfigDict:
@@ -81,9 +90,17 @@ def unlearnable_config() -> ml_collections.ConfigDict:
       clean_augment="",
       pgd=ml_collections.ConfigDict(dict(steps=20, step_size=0.8 / 255, step_size_end=config_dict.placeholder(float),
                                          batch_size=512, loop="")),  # loop: "scan", "host" or "" (host on CPU)
+      # The order of the PGD batches: "auto" a new permutation (from surrogate.seed and the outer
+      # iteration) each outer iteration for objectives that couple a batch (MI-UE) and the fixed
+      # order for sample-separable ones (EM); "always"; "never" (the fixed order: each example
+      # always meets the same batch-mates). Class-wise, the fixed subset is re-batched in a new order.
+      reshuffle="auto",
       train_steps=10,  # surrogate steps per outer iteration; 0: one epoch
       max_iterations=100,  # outer iterations (EM: a safeguard; MI-UE: the number of epochs)
       stop_error=0.01,  # stop when the surrogate's error on the perturbed set is below this; 0: never
+      # The examples that error is measured on: "all" (the training set) or "subset" (class-wise:
+      # the class_subset the noise is fitted on, as the reference's universal_train_target).
+      stop_on="all",
       class_subset=0.2,  # class-wise: fraction of the training set the noise is fitted on
       mi_ue=ml_collections.ConfigDict(dict(temperature=0.1, exclude_self=False, zeta=0.0)),
   ))
@@ -104,6 +121,16 @@ def unlearnable_config() -> ml_collections.ConfigDict:
       # Where that clean victim trains; "" means <workdir>/clean. Point several evaluations with
       # the same victim recipe and dataset at one directory to train the clean victim once.
       clean_workdir="",
+      # The poisoned images the victim trains on: "" x + delta in float (clipped to [0, 1]);
+      # "round" stored as uint8, round(255 * clip(x + delta, 0, 1)); "floor" stored as the
+      # reference code does, clip(255 * x + 255 * delta, 0, 255) truncated to uint8.
+      quantize="",
+      # Keep only the positive part of the perturbation, max(delta, 0), before it is added (the
+      # EM reference's PoisonCIFAR10 clamps the noise to [0, 255]; see experiments/em.py).
+      drop_negative=False,
+      # Feature MI diagnostic: MI between each victim's penultimate features of the first n
+      # clean training images and of their poisoned versions (Gaussian and KSG); 0: off.
+      feature_mi_examples=2000,
   ))
   export = ml_collections.ConfigDict(dict(png=False, npz=False, preview=True))
   return config_lib.lock(ml_collections.ConfigDict(dict(
@@ -140,6 +167,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"craft.max_iterations must be >= 1, got {c.max_iterations}")
   if c.mode == "class" and not 0 < c.class_subset <= 1:
     raise ValueError(f"craft.class_subset must be in (0, 1], got {c.class_subset}")
+  if c.reshuffle not in RESHUFFLE:
+    raise ValueError(f"craft.reshuffle: unknown value {c.reshuffle!r}; use one of {RESHUFFLE}")
+  if c.stop_on not in STOP_ON:
+    raise ValueError(f"craft.stop_on: unknown value {c.stop_on!r}; use one of {STOP_ON}")
+  if c.stop_on == "subset" and c.mode != "class":
+    raise ValueError("craft.stop_on='subset' needs class-wise perturbations (craft.mode='class'), whose "
+                     "craft.class_subset it refers to")
   if c.delta_init not in DELTA_INITS:
     raise ValueError(f"craft.delta_init: unknown delta_init {c.delta_init!r}; use one of {DELTA_INITS}")
   if AugmentConfig.parse(c.clean_augment).enabled and c.mode != "sample":
@@ -152,6 +186,22 @@ def objective_of(config: ml_collections.ConfigDict) -> pgd.Objective:
   if c.method == "em":
     return pgd.error_minimizing_objective()
   return pgd.mi_ue_objective(c.mi_ue.temperature, c.mi_ue.exclude_self, c.mi_ue.zeta)
+
+
+def reshuffles(config: ml_collections.ConfigDict, objective: pgd.Objective | None = None) -> bool:
+  """Whether the perturbation passes of ``config`` visit their batches in a new order each
+  outer iteration: ``craft.reshuffle`` "always", "never", or "auto" (when ``objective``,
+  default ``objective_of(config)``, couples the examples of a batch; ``pgd.per_example``)."""
+  mode = config.craft.reshuffle
+  if mode == "auto":
+    return not pgd.per_example(objective_of(config) if objective is None else objective)
+  return mode == "always"
+
+
+def order_key(seed: int, iteration: int) -> jax.Array:
+  """The key of the pass order of outer iteration ``iteration`` (0-based) of a craft seeded
+  ``seed`` (``surrogate.seed``), when it reshuffles (``reshuffles``)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _ORDER_STREAM), iteration)
 
 
 def step_size(config: ml_collections.ConfigDict, iteration: int) -> float:
@@ -231,14 +281,28 @@ def craft(
   eval_fn = train.make_eval_fn(model, mesh, s.eval_batch_size, k)
   objective = objective_of(config)
   clean_augment = AugmentConfig.parse(c.clean_augment)
+  shuffle = reshuffles(config, objective)
+  stop_split = None  # the split the stop rule measures (None: the perturbed training set)
   if c.mode == "sample":
-    perturb = pgd.make_samplewise_pass(model, objective, mesh, c.pgd.batch_size, c.pgd.steps,
-                                       loop=c.pgd.loop or None)
+    sample_pass = pgd.make_samplewise_pass(model, objective, mesh, c.pgd.batch_size, c.pgd.steps,
+                                           loop=c.pgd.loop or None)
+
+    def perturb(variables, split, eps, alpha, key, iteration):
+      order = order_key(s.seed, iteration) if shuffle else None
+      return sample_pass(variables, split, eps, alpha, key, order_key=order)
   else:
     positions = classwise_positions(k_subset, n, c.class_subset, c.pgd.batch_size)
     class_pass = pgd.make_classwise_pass(model, objective, mesh, c.pgd.batch_size, c.pgd.steps, k,
                                          loop=c.pgd.loop or None)
-    perturb = lambda variables, split, eps, alpha, key: class_pass(variables, split, positions, eps, alpha)  # noqa: E731
+    if c.stop_on == "subset":
+      stop_split = _subset_split(ds.train, positions.reshape(-1))
+
+    def perturb(variables, split, eps, alpha, key, iteration):
+      rows = positions
+      if shuffle:  # the same subset, re-batched in a new order
+        flat = positions.reshape(-1)
+        rows = flat[jax.random.permutation(order_key(s.seed, iteration), flat.shape[0])].reshape(positions.shape)
+      return class_pass(variables, split, rows, eps, alpha)
   every = max(1, config.runtime.checkpoint.get("every_iterations", 1))
 
   surrogate = train.init_state(model, optimizer, ds.example, k_model, mesh)
@@ -262,14 +326,17 @@ def craft(
       # Perturbation phase.
       alpha = step_size(config, iteration)
       delta = perturb(train.variables_of(surrogate), split, jnp.float32(c.eps), jnp.float32(alpha),
-                      jax.random.fold_in(k_clean_aug, iteration))
+                      jax.random.fold_in(k_clean_aug, iteration), iteration)
       iteration += 1
       acc = float(eval_fn(surrogate, ds.train.replace(delta=delta, delta_mode=c.mode))["accuracy"])
-      done = bool(c.stop_error) and (1.0 - acc) < c.stop_error
       record = {"surrogate_loss": float(np.mean(np.concatenate([m["loss"] for m in ms]))),
                 "surrogate_accuracy": float(np.mean(np.concatenate([m["accuracy"] for m in ms]))),
                 "perturbed_train_accuracy": acc, "step_size": alpha,
                 "delta_linf": float(jnp.max(jnp.abs(delta))) * 255.0}
+      if stop_split is not None:  # stop_on="subset": the surrogate's accuracy on the perturbed subset
+        acc = float(eval_fn(surrogate, stop_split.replace(delta=delta, delta_mode=c.mode))["accuracy"])
+        record["subset_accuracy"] = acc
+      done = bool(c.stop_error) and (1.0 - acc) < c.stop_error
       phase.log(iteration, advance=1, postfix={"acc": f"{acc:.4f}"}, **record)
       phase.checkpoint(iteration, {"surrogate": surrogate, "delta": delta,
                                    "iteration": parallel.put(np.int32(iteration), rep),
@@ -282,6 +349,15 @@ def craft(
   # What the noise carries for the surrogate: its accuracy on the same images without it.
   record["clean_train_accuracy"] = float(eval_fn(surrogate, ds.train)["accuracy"])
   return _finish(config, phase, ds, delta, iteration, done, record, runner.params_digest(surrogate.params))
+
+
+def _subset_split(split: data.DeviceSplit, positions: jax.Array) -> data.DeviceSplit:
+  """The examples of ``split`` at ``positions`` (its images, labels and ids; no perturbation),
+  laid out as ``split``'s images are."""
+  take = jax.jit(lambda im, y, i, p: (im[p], y[p], i[p]),
+                 out_shardings=(split.images.sharding, split.labels.sharding, split.ids.sharding))
+  images, labels, ids = take(split.images, split.labels, split.ids, positions)
+  return data.DeviceSplit(images=images, labels=labels, ids=ids)
 
 
 def _finish(config, phase: run.Phase, ds, delta, iteration, done, record, surrogate_digest) -> dict[str, Any]:

@@ -31,13 +31,26 @@ class Objective(Protocol):
 
   ``outputs = (logits_BxK, feats)`` as the model returns them (``feats`` None for a
   logits-only model, see ``models.contract``); ``batch = {"image": x_BxHxWxC + delta,
-  "label": labels_B}``. A sample-separable objective (a sum of per-example terms, e.g.
-  ``error_minimizing_objective``) gives each example its own gradient; a batch-level one
-  (``mi_ue_objective``) couples the examples of a batch.
+  "label": labels_B}``.
+
+  ``per_example``: True for a sample-separable objective (a sum of per-example terms, e.g.
+  ``error_minimizing_objective``), whose gradient for an example does not depend on its
+  batch-mates; False for a batch-level one (``mi_ue_objective``), which couples the
+  examples of a batch -- its passes are then best visited in a new order every time
+  (``pass_rows`` with a key; crafting's ``craft.reshuffle="auto"``). An objective without
+  the attribute counts as batch-coupled (``per_example``).
   """
+
+  per_example: bool
 
   def __call__(self, outputs: tuple[jax.Array, Any], batch: dict[str, jax.Array]) -> jax.Array:
     ...
+
+
+def per_example(objective: Any) -> bool:
+  """Whether ``objective`` is sample-separable (its ``per_example`` attribute; False,
+  batch-coupled, when it has none)."""
+  return bool(getattr(objective, "per_example", False))
 
 
 def _float32_toward(value: fractions.Fraction, up: bool) -> np.float32:
@@ -94,6 +107,7 @@ def error_minimizing_objective() -> Objective:
   def objective(outputs, batch):
     return jnp.sum(losses.cross_entropy(outputs[0], batch["label"]))
 
+  objective.per_example = True
   return objective
 
 
@@ -106,6 +120,7 @@ def mi_ue_objective(temperature: float = 0.1, exclude_self: bool = False, zeta: 
     return jnp.mean(losses.mi_ue_loss(feats, batch["label"], temperature=temperature, exclude_self=exclude_self,
                                       zeta=zeta))
 
+  objective.per_example = False  # the contrastive sums run over the batch
   return objective
 
 
@@ -155,10 +170,15 @@ def make_batch_pgd(model: nn.Module | Model, objective: Objective, num_steps: in
   return pgd
 
 
-def pass_rows(num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
-  """Positions R x B visiting every example once, in order, and the mask of rows' first
-  visits. A last partial batch is filled with the examples just before it (they give
-  context to batch-level objectives but are not updated a second time)."""
+def pass_rows(num_examples: int, batch_size: int, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Positions R x B visiting every example once, and the mask of the rows' first visits.
+
+  Without ``key`` the order is fixed (0, 1, ..., N - 1); with ``key`` it is
+  ``jax.random.permutation(key, N)``, a new order for each key (e.g. one per outer
+  iteration) that still visits every example exactly once. A last partial batch is filled
+  with the examples just before it in that order (they give context to batch-level
+  objectives but are not updated a second time: their mask entries are False).
+  """
   full = num_examples // batch_size
   pos = jnp.arange(full * batch_size, dtype=jnp.int32).reshape(full, batch_size)
   mask = jnp.ones_like(pos, dtype=bool)
@@ -166,6 +186,8 @@ def pass_rows(num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]
     last = jnp.arange(num_examples - batch_size, num_examples, dtype=jnp.int32)
     pos = jnp.concatenate([pos, last[None]])
     mask = jnp.concatenate([mask, (last >= full * batch_size)[None]])
+  if key is not None:  # row r, column b visits order[pos[r, b]]: a relabelling of the positions
+    pos = jax.random.permutation(key, num_examples).astype(jnp.int32)[pos]
   return pos, mask
 
 
@@ -178,8 +200,13 @@ def _check_pass_args(split: DeviceSplit, eps: Any, alpha: Any) -> None:
 
 def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: Mesh, batch_size: int,
                          num_steps: int, loop: str | None = None, unroll: bool | None = None) -> Callable:
-  """``run(variables, split, eps, alpha, key=None) -> delta_NxHxWxC``: ``num_steps`` PGD
-  steps on every batch of the training set (in order), starting from ``split.delta``.
+  """``run(variables, split, eps, alpha, key=None, order_key=None) -> delta_NxHxWxC``:
+  ``num_steps`` PGD steps on every batch of the training set, starting from ``split.delta``.
+
+  The batches are the rows of ``pass_rows(N, batch_size, order_key)``: in order without
+  ``order_key`` (each example always meets the same batch-mates), in the permutation of
+  ``order_key`` with one (pass a new key per pass for a batch-coupled objective such as
+  MI-UE's; ``Objective.per_example``). Either way every example is updated exactly once.
 
   ``split``: a ``DeviceSplit`` with a sample-wise perturbation (``delta_mode="sample"``);
   ``eps``, ``alpha`` >= 0 (pixel units); the result satisfies the box guarantee of the
@@ -188,7 +215,8 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
   A split with ``clean_augment`` (MI-UE's post-augmentation crafting) descends the
   objective on augmented clean images plus the unmoved perturbation; batch ``r`` draws its
   augmentation from ``fold_in(key, r)``, and the perturbation stays valid for the
-  unaugmented images as well.
+  unaugmented images as well. (``r`` counts the rows in the order visited, so a reordered
+  pass draws the same augmentation keys.)
 
   ``loop="scan"``: the whole pass is one program, and ``run`` is that ``jax.jit`` function
   (``run.lower(...)`` compiles it ahead of time); ``"host"``: one jitted call per batch,
@@ -215,7 +243,7 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
     new = jnp.where(mask_B[:, None, None, None], new, d)
     return delta.at[pos_B].set(new)
 
-  def check(split, key, eps, alpha):
+  def check(split, key, eps, alpha, order_key):
     if split.delta_mode != "sample":
       raise ValueError("split: the sample-wise pass needs a split with a sample-wise perturbation "
                        f"(delta_mode='sample'), got {split.delta_mode!r}")
@@ -224,13 +252,13 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
     if key is None and split.clean_augment.enabled:
       raise ValueError("key: a split with clean_augment needs a key for the sample-wise pass")
     _check_pass_args(split, eps, alpha)
-    return pass_rows(split.size, batch_size)
+    return pass_rows(split.size, batch_size, order_key)
 
   if loop == "scan":
 
     @jax.jit
-    def run(variables, split, eps, alpha, key=None):
-      pos, mask = check(split, key, eps, alpha)
+    def run(variables, split, eps, alpha, key=None, order_key=None):
+      pos, mask = check(split, key, eps, alpha, order_key)
 
       def body(delta, pmr):
         return update(variables, split, delta, *pmr, key, eps, alpha), None
@@ -246,8 +274,8 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
                                                                                alpha),
                        donate_argnums=(2,))
 
-  def run_host(variables, split, eps, alpha, key=None):
-    pos, mask = check(split, key, eps, alpha)
+  def run_host(variables, split, eps, alpha, key=None, order_key=None):
+    pos, mask = check(split, key, eps, alpha, order_key)
     delta = jnp.copy(split.delta)
     for i in range(pos.shape[0]):
       delta = update_jit(variables, split, delta, pos, mask, jnp.int32(i), key, eps, alpha)
@@ -337,6 +365,6 @@ def init_delta(key: jax.Array, shape: tuple[int, ...], eps: float, images_u8: ja
 
 __all__ = [
     "Objective", "box_bounds_u8", "default_unroll", "error_minimizing_objective", "init_delta",
-    "make_batch_pgd", "make_classwise_pass", "make_samplewise_pass", "mi_ue_objective", "pass_rows", "project",
-    "project_u8", "sign_descent",
+    "make_batch_pgd", "make_classwise_pass", "make_samplewise_pass", "mi_ue_objective", "pass_rows", "per_example",
+    "project", "project_u8", "sign_descent",
 ]

@@ -31,12 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprotect import data
+from jaxprotect import data, parallel
 from jaxprotect.data.idx import sha256_file
 
 __all__ = [
-    "FORMAT", "MANIFEST", "Poison", "apply", "check_matches", "export_npz", "export_png", "load_poison",
-    "poisoned_images", "resolve", "save_poison", "save_preview",
+    "FORMAT", "MANIFEST", "Poison", "QUANTIZE", "apply", "check_matches", "export_npz", "export_png", "load_poison",
+    "poisoned_images", "quantized_images", "resolve", "save_poison", "save_preview",
 ]
 
 FORMAT = "jaxprotect-poison-1"
@@ -164,26 +164,78 @@ def check_matches(poison: Poison, ds: data.DeviceDataset) -> None:
     raise ValueError(f"{where}: {poison.delta.shape[0]} class perturbations for {ds.num_classes} classes")
 
 
-def apply(ds: data.DeviceDataset, poison: Poison, fraction: float = 1.0, seed: int = 0) -> data.DeviceDataset:
+QUANTIZE = ("", "round", "floor")
+
+
+def quantized_images(images_u8: np.ndarray, delta: np.ndarray, quantize: str, chunk: int = 4096) -> np.ndarray:
+  """The uint8 images ``images_u8`` + ``delta`` (pixel units, one row per image) as stored
+  for a victim, computed in float32 on the host:
+
+  * ``"round"``: ``round(255 * clip(u / 255 + delta, 0, 1))``, the nearest grey level;
+  * ``"floor"``: ``clip(u + 255 * delta, 0, 255)`` truncated to uint8, what the reference
+    implementations do (``np.clip(data.astype(np.float32) + delta * 255, 0, 255).astype(np.uint8)``;
+    Unlearnable-Examples' dataset.py, mi-ue's datasets/cifar.py): up to one grey level
+    below the nearest.
+  """
+  if quantize not in ("round", "floor"):
+    raise ValueError(f"quantize: expected 'round' or 'floor', got {quantize!r}")
+  images_u8 = np.asarray(images_u8)
+  if images_u8.dtype != np.uint8 or np.shape(delta) != images_u8.shape:
+    raise ValueError(f"images_u8, delta: expected uint8 images and a perturbation of their shape, got "
+                     f"{images_u8.dtype} {images_u8.shape} and {np.shape(delta)}")
+  out = np.empty_like(images_u8)
+  for start in range(0, len(images_u8), chunk):
+    u = images_u8[start:start + chunk].astype(np.float32)
+    d = np.asarray(delta[start:start + chunk], np.float32)
+    if quantize == "round":
+      x = np.clip(u / np.float32(255) + d, np.float32(0), np.float32(1))
+      out[start:start + chunk] = np.round(x * np.float32(255)).astype(np.uint8)
+    else:
+      out[start:start + chunk] = np.clip(u + d * np.float32(255), np.float32(0), np.float32(255)).astype(np.uint8)
+  return out
+
+
+def apply(ds: data.DeviceDataset, poison: Poison, fraction: float = 1.0, seed: int = 0, *, quantize: str = "",
+          drop_negative: bool = False) -> data.DeviceDataset:
   """``ds`` with the poison on its training images; with ``fraction`` < 1, only a random
   ``fraction`` of the examples (fixed by ``seed``) carry their perturbation, the rest are
-  clean. The result's fingerprint identifies the poison and the fraction. Raises
-  ValueError if the poison was crafted on another dataset."""
+  clean. Raises ValueError if the poison was crafted on another dataset.
+
+  ``drop_negative``: only the positive part of the perturbation, ``max(delta, 0)``, is
+  added (what the EM reference's ``PoisonCIFAR10`` does). ``quantize`` (``"round"`` or
+  ``"floor"``, see ``quantized_images``): the poisoned training images are stored as uint8,
+  as image files or the reference code store them, instead of carrying a float
+  perturbation; the result's training split then has no ``delta``, and its images are
+  exactly ``k / 255``. The result's fingerprint identifies the poison, the fraction and
+  these two settings.
+  """
   check_matches(poison, ds)
   if not 0.0 <= fraction <= 1.0:
     raise ValueError(f"poison_fraction must be in [0, 1], got {fraction}")
+  if quantize not in QUANTIZE:
+    raise ValueError(f"quantize: unknown value {quantize!r}; use one of {QUANTIZE}")
   delta, mode = poison.delta, poison.mode
+  if drop_negative:
+    delta = np.maximum(delta, np.float32(0))
+  if fraction < 1.0 or quantize:
+    if mode == "class":  # expand to per-example rows (clean examples get zeros, stored images need one each)
+      delta = delta[np.asarray(jax.device_get(ds.train.labels))]
+      mode = "sample"
   if fraction < 1.0:
     n = ds.train.size
     chosen = np.zeros(n, bool)
     chosen[np.random.default_rng(seed).permutation(n)[: int(round(fraction * n))]] = True
-    if mode == "class":  # expand to per-example rows so that clean examples get zeros
-      delta = delta[np.asarray(jax.device_get(ds.train.labels))]
-      mode = "sample"
     delta = np.where(chosen[:, None, None, None], delta, 0.0).astype(np.float32)
-  out = ds.with_perturbation(jnp.asarray(delta), mode)
-  fp = hashlib.sha256(f"{ds.fingerprint}|{poison.digest}|{fraction}|{seed}".encode()).hexdigest()
-  return dataclasses.replace(out, fingerprint=fp)
+  if quantize:
+    images = quantized_images(parallel.to_host(ds.train.images), delta, quantize)
+    out = dataclasses.replace(ds, train=ds.train.replace(images=parallel.put(images, ds.train.images.sharding),
+                                                         delta=None, delta_mode="none"))
+  else:
+    out = ds.with_perturbation(jnp.asarray(delta), mode)
+  key = f"{ds.fingerprint}|{poison.digest}|{fraction}|{seed}"
+  if quantize or drop_negative:  # (the key of a plain float poison is unchanged)
+    key += f"|quantize={quantize}|drop_negative={bool(drop_negative)}"
+  return dataclasses.replace(out, fingerprint=hashlib.sha256(key.encode()).hexdigest())
 
 
 def poisoned_images(ds: data.DeviceDataset, poison: Poison) -> np.ndarray:
