@@ -25,6 +25,8 @@ commands:
   poison    craft unlearnable examples: --config experiments/em.py[:variant] --workdir DIR
   evaluate  train victims on a poison and on clean data: --config experiments/em.py[:variant]
             --config.evaluate.poison=POISON_DIR --workdir DIR
+  certify   certified (q, eta)-learnability of a trained model: --config experiments/certify.py[:variant]
+            --config.certify.model=RUN_DIR --workdir DIR
   distill   undistillable teachers and knock-off students: distill {teacher,attack,report} ...
 
 Every command takes --help. A run directory holds config.json, metrics.jsonl,
@@ -95,6 +97,7 @@ def cmd_devices(argv: Sequence[str]) -> int:
 LAZY_COMMANDS = {
     "poison": "jaxprotect.unlearnable.cli:cmd_poison",
     "evaluate": "jaxprotect.unlearnable.cli:cmd_evaluate",
+    "certify": "jaxprotect.unlearnable.cli:cmd_certify",
     "distill": "jaxprotect.distill.cli:main",
 }
 

@@ -18,7 +18,7 @@ from jaxprotect import config as config_lib, data, models, parallel, run, train
 from jaxprotect.data.augment import AugmentConfig
 
 __all__ = [
-    "fit", "fit_hash", "params_digest",
+    "fit", "fit_hash", "load_trained", "params_digest",
 ]
 
 FIT_SECTIONS = ("data",)  # with the model's own section: what a training run computes from
@@ -129,3 +129,45 @@ def fit(
       "params_sha256": params_digest(state.params),
   })
   return (results, state) if return_state else results
+
+
+def load_trained(run_dir: os.PathLike | str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+  """``(model, variables, info)`` of a finished ``fit`` run directory (any model section:
+  ``train``, ``victim``, ``teacher``, ``student``, ...): the zoo model of its config, its
+  final parameters and BatchNorm statistics (host arrays, checked against the run's
+  parameter digest), and ``info`` = ``{"section", "config", "results"}``.
+
+  Raises ValueError for a directory without a finished run (no ``results.json``) or whose
+  model is not from the zoo."""
+  import json  # noqa: PLC0415
+  import pathlib  # noqa: PLC0415
+
+  from jaxprotect import checkpoint  # noqa: PLC0415
+
+  run_dir = pathlib.Path(run_dir)
+  results_path, config_path = run_dir / "results.json", run_dir / "config.json"
+  if not results_path.exists() or not config_path.exists() or not (run_dir / "checkpoints").is_dir():
+    raise ValueError(f"model: {run_dir} holds no finished training run (config.json, checkpoints/ and results.json "
+                     "of jaxprotect train / evaluate / distill)")
+  results, saved = json.loads(results_path.read_text()), json.loads(config_path.read_text())
+  if "params_sha256" not in results:
+    raise ValueError(f"model: {run_dir} is not a training run (its results.json has no params_sha256)")
+  sections = [s for s in saved.get("hashed_sections", []) if s not in FIT_SECTIONS]
+  if len(sections) != 1 or "user_model" in saved:
+    raise ValueError(f"model: cannot rebuild the model of {run_dir} (hashed sections {sections}); "
+                     "only zoo models of runner.fit runs load this way")
+  section = sections[0]
+  model = models.from_config(saved["config"][section], saved["dataset"]["num_classes"])
+  ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", results["config_hash"], async_save=False)
+  try:
+    raw = ckpt.restore_raw()
+  finally:
+    ckpt.close()
+  variables = {"params": jax.device_get(raw["params"])}
+  if raw.get("batch_stats"):
+    variables["batch_stats"] = jax.device_get(raw["batch_stats"])
+  if params_digest(variables["params"]) != results["params_sha256"]:
+    raise ValueError(f"model: the last checkpoint of {run_dir} is not the run's final parameters "
+                     "(params_sha256 differs from results.json)")
+  return model, variables, {"section": section, "config": saved["config"], "results": results}
+

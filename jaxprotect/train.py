@@ -42,8 +42,8 @@ from jaxprotect.models.contract import Model, as_model, check_outputs
 
 __all__ = [
     "LossFn", "Outputs", "TrainState", "abstract_state", "ce_loss", "default_loop", "epoch_indices", "init_state",
-    "make_eval_fn", "make_logits_fn", "make_optimizer", "make_schedule", "make_train_chunk", "make_train_step",
-    "stateful", "variables_of",
+    "make_eval_fn", "make_logits_fn", "make_optimizer", "make_schedule", "make_split_scan", "make_train_chunk",
+    "make_train_step", "stateful", "variables_of",
 ]
 
 # (logits_BxK, feats): feats are the model's features, or None for a logits-only model.
@@ -386,21 +386,25 @@ def make_train_chunk(
   return host_chunk
 
 
-def _split_scan(model: nn.Module | Model, mesh: Mesh, batch_size: int) -> Callable:
-  """The padded evaluation-mode pass over a whole split that ``make_eval_fn`` and
-  ``make_logits_fn`` share: ``scan(variables, split, body, init) -> (carry, outs_S)``, to
-  call inside jit.
+def make_split_scan(model: nn.Module | Model, mesh: Mesh, batch_size: int,
+                    apply_fn: Callable | None = None) -> Callable:
+  """The padded evaluation-mode pass over a whole split that ``make_eval_fn``,
+  ``make_logits_fn`` and the weight-draw evaluation of ``unlearnable.certify`` share:
+  ``scan(variables, split, body, init) -> (carry, outs_S)``, to call inside jit.
 
   The split's ``N`` examples go through ``model`` (``train=False``) in ``S = ceil(N / B)``
   batches of ``batch_size`` positions, split along the mesh's ``data`` axis; the last batch is
-  padded with copies of the last example. ``body(carry, logits_BxK, labels_B, mask_B) ->
+  padded with copies of the last example. ``body(carry, logits, labels_B, mask_B) ->
   (carry, out)`` is the ``lax.scan`` body, with ``mask_B`` 1.0 for real examples and 0.0 for
-  the padding.
+  the padding. ``logits`` is ``apply_fn(variables, x_BxHxWxC)`` (default: the model's
+  ``logits_BxK`` in evaluation mode; e.g. ``D x B x K`` for a vmap over weight draws).
   """
   model = as_model(model)
   checks.check_batch_size(batch_size)
   parallel.check_divisible(batch_size, mesh, "eval batch_size")
   batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
+  if apply_fn is None:
+    apply_fn = lambda variables, x: model.apply(variables, x, train=False)[0]  # noqa: E731
 
   def scan(variables: dict[str, Any], split: DeviceSplit, body: Callable, init: Any):
     n = split.size
@@ -411,8 +415,7 @@ def _split_scan(model: nn.Module | Model, mesh: Mesh, batch_size: int) -> Callab
       pos_B = jax.lax.with_sharding_constraint(pos_B, batch_sharding)
       mask_B = (pos_B < n).astype(jnp.float32)
       x, y = split.gather(jnp.minimum(pos_B, n - 1))
-      logits_BxK, _ = model.apply(variables, x, train=False)
-      return body(carry, logits_BxK, y, mask_B)
+      return body(carry, apply_fn(variables, x), y, mask_B)
 
     return jax.lax.scan(step, init, pos_SxB)
 
@@ -423,7 +426,7 @@ def make_eval_fn(model: nn.Module | Model, mesh: Mesh, batch_size: int, num_clas
   """``evaluate(state, split) -> metrics``: loss, accuracy and per-class counts over a
   whole split (no augmentation, no perturbation is applied unless the split has one),
   as one jitted scan; the last batch is padded and masked."""
-  scan = _split_scan(model, mesh, batch_size)
+  scan = make_split_scan(model, mesh, batch_size)
   checks.check_positive_int(num_classes, "num_classes", minimum=2)
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
@@ -461,7 +464,7 @@ def make_logits_fn(model: nn.Module | Model, mesh: Mesh, batch_size: int):
   ``variables`` are the model's (``variables_of(state)``, or a loaded teacher's); used for
   full-pass CMIM centroids and the CMI curve (``jaxprotect.distill``).
   """
-  scan = _split_scan(model, mesh, batch_size)
+  scan = make_split_scan(model, mesh, batch_size)
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
   def logits_fn(variables: dict[str, Any], split: DeviceSplit):

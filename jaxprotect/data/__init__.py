@@ -28,11 +28,11 @@ def subset(host: HostDataset, n: int) -> HostDataset:
 def from_config(config, mesh=None) -> DeviceDataset:
   """The dataset of a run config's ``data`` section (or of that section itself): ``name``
   from ``dir``, the first ``train_subset`` training examples when > 0, on ``mesh`` with
-  ``layout``."""
-  d = config.data if "data" in config else config
-  host = load_arrays(d.name, d.get("dir"))
+  ``layout``. A ConfigDict or a plain dict (a run's ``config.json``)."""
+  d = config["data"] if "data" in config else config
+  host = load_arrays(d["name"], d.get("dir"))
   if d.get("train_subset"):
-    host = subset(host, d.train_subset)
+    host = subset(host, d["train_subset"])
   return to_device(host, mesh, d.get("layout", "replicated"))
 
 

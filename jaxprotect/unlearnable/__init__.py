@@ -1,14 +1,20 @@
-"""Unlearnable examples: error-minimizing noise (sample- and class-wise) and MI-UE.
+"""Unlearnable examples: error-minimizing noise (sample- and class-wise) and MI-UE, and
+certified (q, eta)-learnability with the recovery attack.
 
 ``craft(config, workdir)`` runs the min-min loop (``unlearnable_config()`` documents the
 sections: ``data``, ``surrogate``, ``craft``, ``victim``, ``evaluate``, ``export``,
 ``runtime``), ``evaluate(config, workdir)`` trains victims on the poison and on clean data,
 ``poison_io`` saves, checks, loads and exports poisons; ``pgd`` holds the sign-PGD
-machinery for other methods to reuse.
+machinery for other methods to reuse. ``certify_learnability`` turns the accuracies of
+weight draws into the certified (q, eta)-learnability; ``certify.certify(config, workdir)``
+draws and evaluates them for a trained model (``certify_config()``); ``recovery`` holds
+the recovery attack.
 """
 
-from jaxprotect.unlearnable import pgd, poison_io
+from jaxprotect.unlearnable import certify, pgd, poison_io, recovery
+from jaxprotect.unlearnable.certify import certify_config, certify_learnability
 from jaxprotect.unlearnable.crafting import craft, unlearnable_config
 from jaxprotect.unlearnable.victims import evaluate
 
-__all__ = ["craft", "evaluate", "pgd", "poison_io", "unlearnable_config"]
+__all__ = ["certify", "certify_config", "certify_learnability", "craft", "evaluate", "pgd", "poison_io", "recovery",
+           "unlearnable_config"]

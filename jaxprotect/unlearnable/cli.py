@@ -1,9 +1,12 @@
-"""``jaxprotect poison`` and ``jaxprotect evaluate``: ``--config`` is an experiment file
+"""``jaxprotect poison``, ``jaxprotect evaluate`` and ``jaxprotect certify``: ``--config`` is an experiment file
 whose ``get_config`` returns an ``unlearnable_config()`` (``experiments/em.py``,
 ``experiments/mi_ue.py``), ``--config.<section>.<field>=<value>`` overrides a field::
 
   jaxprotect poison   --config experiments/em.py:fashion_mnist_mini --config.craft.eps=0.1 --workdir DIR
   jaxprotect evaluate --config experiments/em.py:fashion_mnist_mini --config.evaluate.poison=DIR --workdir DIR2
+
+``certify --config experiments/certify.py --config.certify.model=RUN_DIR --workdir DIR``
+evaluates weight draws of a trained model and writes its certified learnability curve.
 
 ``poison --export=png,npz`` (or ``--config.export.png=true``, ``--config.export.npz=true``)
 also writes the protected training set.
@@ -67,3 +70,21 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
   print(victims.report_markdown(results))
   print(f"results: {fv.workdir}/results.json")
   return 0
+
+
+def cmd_certify(argv: Sequence[str]) -> int:
+  fv = parse_config_command(argv, "certify", lambda fv, flags: define_config_flags(
+      fv, flags, "config file[:variant], e.g. experiments/certify.py:reference"))
+  if fv is None:
+    return 2
+  from jaxprotect.unlearnable import certify
+
+  results = certify.certify(fv.config, fv.workdir)
+  print(f"model {results['model']}: test accuracy {100 * results['model_test_accuracy']:.2f}%, "
+        f"{results['num_draws']} draws with sigma {results['sigma']:g}: mean {100 * results['mean_accuracy']:.2f}%")
+  print(f"certified (q={results['q']:g}, eta)-learnability at {100 * results['confidence']:g}% confidence:")
+  for eta, value in zip(results["etas"], results["certified"]):
+    print(f"  eta {eta:<6g} {'abstain' if value is None else f'{100 * value:.2f}%'}")
+  print(f"results: {fv.workdir}/results.json  plot: {fv.workdir}/certified.png")
+  return 0
+
