@@ -191,6 +191,13 @@ def test_teacher_and_student_hashes_cover_only_their_own_sections():
   invalidate resumable students."""
   c = distill.distill_config()
   assert c.method == "cmim" and c.teacher.model_kwargs.width == 32 and c.student.optimizer.grad_clip == 5.0
+  # CNN students (the Skeptical heads need two distinct layers) and three seeds (the report's intervals)
+  assert c.student.model == "small_cnn" and c.student.model_kwargs.width == 16 and c.attacks.seeds == (0, 1, 2)
+  for variant in ("fashion_mnist_mini", "fashion_mnist", "fashion_mnist_resnet18", "cifar10"):
+    v = config_lib.from_file(f"{CONFIG}:{variant}")
+    assert v.student.model == "small_cnn" and v.attacks.seeds == (0, 1, 2), variant
+    model = models.from_config(v.student, 10)
+    assert students.check_skeptical_base(model, jnp.zeros((1, 28, 28, 1))) == ("conv0", "conv1"), variant
 
   def edited(config, *edits):
     d = copy.deepcopy(config)
@@ -202,7 +209,7 @@ def test_teacher_and_student_hashes_cover_only_their_own_sections():
       node[key] = value
     return d
 
-  ignored_by_teacher = [("student.epochs", 3), ("student.model_kwargs.hidden", (8,)), ("student.seed", 4),
+  ignored_by_teacher = [("student.epochs", 3), ("student.model_kwargs.width", 8), ("student.seed", 4),
                         ("attacks.seeds", (5,)), ("attacks.teacher", "/elsewhere"), ("attacks.kd.alpha", 0.5),
                         ("attacks.teacher_output", "probs"), ("runtime.num_devices", 1), ("runtime.progress", False),
                         ("runtime.checkpoint.keep", 1), ("data.dir", "/data/elsewhere"), ("nasty.tau", 2.0),
@@ -244,7 +251,8 @@ def test_teacher_and_student_hashes_cover_only_their_own_sections():
 
 
 def test_cli_teacher_attack_report_end_to_end(tmp_path):
-  """Tiny setting: 256 embedded Fashion-MNIST images, one epoch, MLPs, one seed."""
+  """Tiny setting: 256 embedded Fashion-MNIST images, one epoch, an MLP teacher, small-CNN
+  students (width 4), one seed; a student the Skeptical attack cannot use is refused first."""
   spec = f"{CONFIG}:fashion_mnist_mini,cmim"
   common = [f"--config={spec}", "--config.data.train_subset=256", "--config.runtime.num_devices=1",
             "--config.runtime.progress=False", "--config.runtime.tensorboard=False"]
@@ -265,8 +273,7 @@ def test_cli_teacher_attack_report_end_to_end(tmp_path):
   metrics = [json.loads(ln) for ln in (tdir / "metrics.jsonl").read_text().splitlines()]
   assert metrics[-1]["step"] == 2
 
-  student = ["--config.student.model_kwargs.hidden=(16,)", "--config.student.epochs=1",
-             "--config.student.batch_size=64",
+  student = ["--config.student.model_kwargs.width=4", "--config.student.epochs=1", "--config.student.batch_size=64",
              "--config.attacks.seeds=(0,)", "--config.attacks.ls_eps=(0.1,)", "--config.attacks.kd.temperatures=(4.0,)"]
   rc = cli.main(["distill", "attack", *common, *student, f"--config.attacks.teacher={tdir}", f"--workdir={adir}"])
   assert rc == 0
@@ -297,10 +304,20 @@ def test_cli_teacher_attack_report_end_to_end(tmp_path):
   assert row["attack_order"] == ["kd_T4", "dkd", "skeptical", "hard_label", "logit_mse"]
   for a in row["attacks"].values():
     assert a["delta"] == pytest.approx(a["mean"] - row["ls_student"]["mean"])
-  assert row["verdict"].startswith(("undistillable", "distillable"))
+  # one seed: every interval is unbounded, so every decision -- and the verdict -- is inconclusive
+  assert rep["confidence"] == 0.95
+  for a in row["attacks"].values():
+    assert a["delta_interval"] == [None, None] and a["decision"] == "inconclusive"
+  assert row["decision"] == "inconclusive" and row["verdict"].startswith("inconclusive")
+  assert row["decision"] in report.DECISIONS and row["decision_ce"] in report.DECISIONS
+  assert any(w.startswith("fewer than 3 seeds") for w in row["warnings"])
   md = (rdir / "report.md").read_text()
-  assert "teacher acc" in md and "Delta" in md and "kd_T4" in md and "lam=1" in md
+  assert "teacher acc" in md and "Delta" in md and "kd_T4" in md and "lam=1" in md and "Welch 95%" in md
   assert (rdir / "cmi_curves.png").exists()
+  rc = cli.main(["distill", "report", f"--workdir={rdir}", f"--runs={adir}", "--confidence=0.8"])
+  assert rc == 0 and json.loads((rdir / "report.json").read_text())["confidence"] == 0.8
+  assert "Welch 80%" in (rdir / "report.md").read_text()
+  assert cli.main(["distill", "report", f"--workdir={rdir}", f"--runs={adir}", "--confidence=1.5"]) == 1
 
   # bad input: a clear error and exit code 1
   assert cli.main(["distill", "attack", *common, f"--workdir={tmp_path / 'x'}"]) == 1  # no teacher
@@ -309,6 +326,18 @@ def test_cli_teacher_attack_report_end_to_end(tmp_path):
   assert cli.main(["distill", "attack", *common, f"--config.attacks.teacher={tdir}", "--config.student.seed=3",
                    f"--workdir={tmp_path / 'x'}"]) == 1  # students' seeds are attacks.seeds
   assert not (tmp_path / "x").exists()
+  # a student on which both Skeptical heads would tap one layer (an MLP with one hidden layer) is refused
+  # before the teacher is loaded or any student (even a baseline) trains
+  bad = config_lib.apply_overrides(copy.deepcopy(a_config), [
+      "student.model=mlp", "student.model_kwargs.width=16", "student.model_kwargs.hidden=(16,)",
+      f"attacks.teacher={tmp_path / 'no_teacher'}"])  # the refusal comes first: this is never read
+  with pytest.raises(ValueError, match=r"Skeptical student: base model MLP\(hidden=\(16,\)\).*'fc0'"):
+    attack.run_attacks(bad, tmp_path / "z")
+  assert not (tmp_path / "z" / "runs").exists() and not (tmp_path / "z").exists()
+  assert cli.main(["distill", "attack", *common, *student, "--config.student.model=mlp",
+                   "--config.student.model_kwargs.hidden=(16,)", f"--config.attacks.teacher={tdir}",
+                   f"--workdir={tmp_path / 'z'}"]) == 1
+  assert not (tmp_path / "z").exists()
   assert cli.main(["distill", "teacher", *common, "--config.method=bogus", f"--workdir={tmp_path / 'y'}"]) == 1
   with pytest.raises(SystemExit) as exit_info:  # the old path of the teacher directory: a usage error
     cli.main(["distill", "attack", *common, f"--config.teacher={tdir}", f"--workdir={tmp_path / 'x'}"])

@@ -11,6 +11,11 @@ output), never the teacher's recipe or ``runtime``. The teacher is loaded by thi
 only to build a ``BlackBoxTeacher`` (``attacks.teacher``); student losses see its output
 vectors through the batch hook.
 
+With the ``skeptical`` attack among ``attacks.names``, a student model on which the two
+Skeptical heads would tap the same layer (``students.check_skeptical_base``, e.g. an MLP
+with fewer than three hidden layers) is refused with a ValueError before the teacher is
+loaded and before any student run (or run directory) is made.
+
 ``<workdir>/attack.json`` records the teacher (directory, method, accuracy, digest), the
 student setting and, per run and seed, the final test accuracy.
 """
@@ -137,9 +142,11 @@ def run_attacks(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, 
     raise ValueError(f"attacks.teacher_output must be one of {blackbox.OUTPUTS}, got {a.teacher_output!r}")
   _check_student(config)
   runs = attack_runs(config)
-  t_model, t_vars, t_manifest = teacher_lib.load_teacher(a.teacher)
   mesh = parallel.mesh_from_config(config, mesh)
   ds = dataset or data.from_config(config, mesh)
+  if "skeptical" in a.names:  # refuse a student whose two Skeptical heads would share a layer, before any training
+    students.check_skeptical_base(models.from_config(config.student, ds.num_classes), ds.example)
+  t_model, t_vars, t_manifest = teacher_lib.load_teacher(a.teacher)
   t_ds = t_manifest["dataset"]
   if t_manifest["num_classes"] != ds.num_classes or list(t_ds["image_shape"]) != list(ds.train.image_shape):
     raise ValueError(f"teacher in {a.teacher} was trained on {t_ds.get('name')} ({t_manifest['num_classes']} "

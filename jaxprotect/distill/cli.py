@@ -2,7 +2,7 @@
 
   jaxprotect distill teacher --config experiments/cmim.py:<variant> --workdir DIR
   jaxprotect distill attack  --config experiments/cmim.py:<variant> --config.attacks.teacher=<teacher dir> --workdir DIR
-  jaxprotect distill report  --workdir DIR [--runs ATTACK_DIR,...] [--ls_eps 0.1]
+  jaxprotect distill report  --workdir DIR [--runs ATTACK_DIR,...] [--ls_eps 0.1] [--confidence 0.95]
 
 Every run directory goes through ``runner.fit``, so re-running a killed command resumes
 it. Bad input raises ``ValueError``, which the top-level CLI reports with exit code 1.
@@ -24,8 +24,9 @@ commands:
   attack   train CE/LS baselines and knock-off students (--config.student.<field>) against a
            black-box teacher:
            --config experiments/cmim.py[:variant] --config.attacks.teacher=TEACHER_DIR --workdir DIR
-  report   teacher accuracy, CE/LS students, knock-offs, Delta, verdict (report.md/.json):
-           --workdir DIR [--runs ATTACK_DIR,...] [--ls_eps 0.1]
+  report   teacher accuracy, CE/LS students, knock-offs, Delta with its Welch interval,
+           three-way verdict (report.md/.json):
+           --workdir DIR [--runs ATTACK_DIR,...] [--ls_eps 0.1] [--confidence 0.95]
 
 Each command takes --help.
 """
@@ -68,6 +69,8 @@ def cmd_report(argv: Sequence[str]) -> int:
     flags.DEFINE_list("runs", [], "attack directories (default: every attack directory under --workdir)",
                       flag_values=fv)
     flags.DEFINE_float("ls_eps", 0.1, "label smoothing of the LS student that Delta refers to", flag_values=fv)
+    flags.DEFINE_float("confidence", 0.95, "confidence level of the Welch intervals of Delta, in (0, 1)",
+                       flag_values=fv)
 
   fv = parse_flags(argv, define)
   if not require(fv, "distill report", "workdir"):
@@ -77,7 +80,7 @@ def cmd_report(argv: Sequence[str]) -> int:
   dirs = list(fv.runs) or report.find_attack_dirs(fv.workdir)
   if not dirs:
     raise ValueError(f"no attack directories under {fv.workdir}; pass --runs ATTACK_DIR,...")
-  rep = report.write_report(fv.workdir, dirs, fv.ls_eps)
+  rep = report.write_report(fv.workdir, dirs, fv.ls_eps, fv.confidence)
   print(report.to_markdown(rep))
   print(f"report: {fv.workdir}/report.md  {fv.workdir}/report.json")
   return 0

@@ -33,21 +33,29 @@ METHODS = ("ce", "nasty", "cmim")
 
 
 def distill_config() -> ml_collections.ConfigDict:
-  """The default distillation config (locked): a small-CNN CMIM teacher and MLP students on
-  the embedded Fashion-MNIST slice (``experiments/cmim.py`` builds its variants on it)."""
+  """The default distillation config (locked): a small-CNN CMIM teacher (width 32) and
+  small-CNN students (width 16) on the embedded Fashion-MNIST slice, three student seeds
+  (``experiments/cmim.py`` builds its variants on it).
+
+  The students are CNNs because the Skeptical student's two auxiliary heads must tap
+  different layers (``students.check_skeptical_base``; small CNN: conv0 and conv1), which
+  an MLP with one or two hidden layers cannot give, and because the papers' students are
+  CNNs/ResNets. Three seeds because the report's Welch intervals need at least two per
+  group and it warns below three.
+  """
   teacher = config_lib.model_config()
   teacher.model_kwargs = ml_collections.ConfigDict(dict(width=32))
 
   student = config_lib.model_config()
-  student.model = "mlp"
-  student.model_kwargs = ml_collections.ConfigDict(dict(hidden=(256, 256)))
+  student.model = "small_cnn"
+  student.model_kwargs = ml_collections.ConfigDict(dict(width=16))
   student.epochs = 10
   student.batch_size = 128
   student.eval_batch_size = 500
   student.augment = "crop2,flip"
   student.optimizer.lr = 0.05
   # every student (baselines too) clips the gradient norm at 5: DKD (beta 8) and logit MSE
-  # diverge without it at lr 0.05 (measured: MLP student of a small-CNN teacher, Fashion-MNIST)
+  # diverge without it at lr 0.05 (measured with an MLP student of a small-CNN teacher, Fashion-MNIST)
   student.optimizer.grad_clip = 5.0
 
   c = ml_collections.ConfigDict(dict(
@@ -70,7 +78,7 @@ def distill_config() -> ml_collections.ConfigDict:
           teacher="",  # the teacher's run directory (`jaxprotect distill teacher --workdir`)
           teacher_output="logits",  # what the black box returns: logits | probs (distilled as log p)
           names=("ce", "ls", "kd", "dkd", "skeptical", "hard", "mse"),
-          seeds=(0, 1),
+          seeds=(0, 1, 2),  # the report's verdicts need >= 3 seeds per group
           ls_eps=(0.05, 0.1, 0.2),
           kd=ml_collections.ConfigDict(dict(alpha=0.9, temperatures=(1.0, 4.0, 10.0, 20.0))),
           dkd=ml_collections.ConfigDict(dict(alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20.0)),

@@ -13,8 +13,12 @@ released code gives no head position or delay:
   With G groups, the **shallow head** taps group ``max(G // 2 - 1, 0)`` and the
   **layer-3 head** taps group ``max(G - 2, 0)``: ResNet-18 -> after stage 2 and after
   stage 3 (torchvision's layer2 / layer3); small CNN -> after conv0 and after conv1; an
-  MLP with hidden layers fc0..fc{n-1} -> fc{n//2 - 1} and fc{n-2} (both fc0 for one or
-  two hidden layers).
+  MLP with hidden layers fc0..fc{n-1} -> fc{n//2 - 1} and fc{n-2}.
+* The two heads must tap different layers, which needs at least ``MIN_FEATURE_GROUPS`` = 3
+  feature groups: ``SkepticalStudent`` refuses a base model with fewer (ValueError at
+  init, before any training step; ``check_skeptical_base`` checks up front), e.g. an MLP
+  with one or two hidden layers, where both heads would sit on fc0. The paper uses
+  CNN/ResNet students; an MLP student needs at least 3 hidden layers.
 * A head on a feature map is ReLU, conv3x3 (2x channels, stride 2), ReLU, global average
   pooling, Dense(K); on a vector it is ReLU, Dense(max(D, 2K)), ReLU, Dense(K).
 * Loss: ``CE(final) + [shallow: CE before the KD delay, (1 - alpha) CE + alpha T^2 KL(t || s)
@@ -39,10 +43,13 @@ from jaxprotect import losses
 from jaxprotect.models.common import PARAM_DTYPE, global_avg_pool, outputs as cast_outputs
 
 __all__ = [
-    "AuxHead", "SkepticalStudent", "feature_groups", "head_positions", "make_attack_loss", "tapped_layers",
+    "MIN_FEATURE_GROUPS", "AuxHead", "SkepticalStudent", "check_skeptical_base", "feature_groups", "head_positions",
+    "make_attack_loss", "tapped_layers",
 ]
 
 _STAGE = re.compile(r"^(stage\d+)_")
+# the fewest feature groups for which head_positions gives two different groups
+MIN_FEATURE_GROUPS = 3
 
 
 def feature_groups(tap_names: list[str]) -> list[str]:
@@ -61,6 +68,55 @@ def feature_groups(tap_names: list[str]) -> list[str]:
 def head_positions(num_groups: int) -> tuple[int, int]:
   """``(shallow, layer3)`` group indices for ``num_groups`` feature groups."""
   return max(num_groups // 2 - 1, 0), max(num_groups - 2, 0)
+
+
+def _pick_taps(names: list[str], model: nn.Module) -> tuple[str, str]:
+  """The children the shallow and layer-3 heads tap, from the base's children ``names`` in
+  call order; a ValueError when there are no feature layers or both heads would share one."""
+  groups = feature_groups(names)
+  if not groups:
+    raise ValueError(f"Skeptical student: no feature layers found in {_model_name(model)}")
+  last = lambda g: [n for n in names if n == g or n.startswith(g + "_")][-1]  # noqa: E731
+  i_shallow, i_l3 = head_positions(len(groups))
+  shallow, layer3 = last(groups[i_shallow]), last(groups[i_l3])
+  if i_shallow == i_l3:
+    raise ValueError(
+        f"Skeptical student: base model {_model_name(model)} has {len(groups)} feature layer(s) "
+        f"({', '.join(groups)}), so the shallow head and the layer-3 head would both tap {shallow!r} "
+        f"(shallow={shallow!r}, layer3={layer3!r}); the two heads need different layers, i.e. at least "
+        f"{MIN_FEATURE_GROUPS} feature layers. The paper (Kundu et al., NeurIPS 2021) uses CNN/ResNet students "
+        f"(e.g. small_cnn, resnet18); an MLP student needs at least {MIN_FEATURE_GROUPS} hidden layers "
+        "(e.g. model_kwargs.hidden=(256, 256, 256)).")
+  return shallow, layer3
+
+
+def _base_children(model: nn.Module, example_x: jax.Array) -> list[str]:
+  """Names of ``model``'s direct children in call order (shapes only, no compute)."""
+  names: list[str] = []
+
+  def capture(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    scope = context.module.scope
+    if context.method_name == "__call__" and scope is not None and len(scope.path) == 1:
+      names.append(scope.path[0])
+    return out
+
+  with nn.intercept_methods(capture):
+    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example_x, train=False))
+  return list(dict.fromkeys(names))
+
+
+def _model_name(model: nn.Module) -> str:
+  """The class name, with an MLP's hidden sizes (``MLP(hidden=(256, 256))``)."""
+  hidden = getattr(model, "hidden", None)
+  return type(model).__name__ + (f"(hidden={tuple(hidden)})" if isinstance(hidden, (tuple, list)) else "")
+
+
+def check_skeptical_base(model: nn.Module, example_x: jax.Array) -> tuple[str, str]:
+  """The ``(shallow, layer3)`` children a ``SkepticalStudent`` on ``model`` would tap, or the
+  ValueError its init raises (both heads on one layer); traces shapes only, so a caller can
+  refuse a bad student before training anything."""
+  return _pick_taps(_base_children(model, example_x), model)
 
 
 class AuxHead(nn.Module):
@@ -88,7 +144,9 @@ class SkepticalStudent(nn.Module):
   ``__call__(x, train) -> (logits_BxK, {"feats": feats_BxD, "shallow_logits": BxK,
   "layer3_logits": BxK})``: the first output is the base model's final head, so the
   engine's evaluation measures it. Parameters: ``base`` (the registry model's tree),
-  ``aux_shallow``, ``aux_layer3``.
+  ``aux_shallow``, ``aux_layer3``. Its init (or any trace) raises a ValueError naming the
+  base model and the layer when both heads would tap the same layer (fewer than
+  ``MIN_FEATURE_GROUPS`` feature groups, e.g. an MLP with one or two hidden layers).
   """
 
   base: nn.Module
@@ -110,35 +168,22 @@ class SkepticalStudent(nn.Module):
 
     with nn.intercept_methods(capture):
       logits, feats = self.base(x, train)
-    names = list(taps)
-    groups = feature_groups(names)
-    if not groups:
-      raise ValueError(f"Skeptical student: no feature layers found in {type(self.base).__name__}")
-    last_of = {g: [n for n in names if n == g or n.startswith(g + "_")][-1] for g in groups}
-    i_shallow, i_l3 = head_positions(len(groups))
+    tap_shallow, tap_l3 = _pick_taps(list(taps), self.base)  # refuses both heads on one layer
     dtype = getattr(self.base, "dtype", jnp.float32)
-    shallow = AuxHead(self.num_classes, dtype, name="aux_shallow")(taps[last_of[groups[i_shallow]]])
-    layer3 = AuxHead(self.num_classes, dtype, name="aux_layer3")(taps[last_of[groups[i_l3]]])
+    shallow = AuxHead(self.num_classes, dtype, name="aux_shallow")(taps[tap_shallow])
+    layer3 = AuxHead(self.num_classes, dtype, name="aux_layer3")(taps[tap_l3])
     logits, feats = cast_outputs(logits, feats)
     return logits, {"feats": feats, "shallow_logits": shallow, "layer3_logits": layer3}
 
 
 def tapped_layers(model: nn.Module, example_x: jax.Array) -> tuple[str, str]:
-  """Names of the base children the shallow and layer-3 heads tap (for documentation/tests)."""
-  names: list[str] = []
-
-  def capture(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    scope = context.module.scope
-    if context.method_name == "__call__" and scope is not None and len(scope.path) == 1:
-      names.append(scope.path[0])
-    return out
-
-  with nn.intercept_methods(capture):
-    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example_x, train=False))
-  groups = feature_groups(list(dict.fromkeys(names)))
+  """Names of the base children the shallow and layer-3 heads tap by ``head_positions``
+  (for documentation/tests): also for a base the ``SkepticalStudent`` refuses, where the
+  two coincide (``check_skeptical_base`` raises there)."""
+  names = _base_children(model, example_x)
+  groups = feature_groups(names)
   i_s, i_l = head_positions(len(groups))
-  last = lambda g: [n for n in dict.fromkeys(names) if n == g or n.startswith(g + "_")][-1]  # noqa: E731
+  last = lambda g: [n for n in names if n == g or n.startswith(g + "_")][-1]  # noqa: E731
   return last(groups[i_s]), last(groups[i_l])
 
 
