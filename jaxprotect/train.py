@@ -22,6 +22,7 @@ Two hooks cover methods that need more than the batch:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -41,9 +42,9 @@ from jaxprotect.data.device import DeviceSplit, batch_from
 from jaxprotect.models.contract import Model, as_model, check_outputs
 
 __all__ = [
-    "LossFn", "Outputs", "TrainState", "abstract_state", "ce_loss", "default_loop", "epoch_indices", "init_state",
-    "make_eval_fn", "make_logits_fn", "make_optimizer", "make_schedule", "make_split_scan", "make_train_chunk",
-    "make_train_step", "stateful", "variables_of",
+    "LossFn", "Outputs", "TrainState", "WeightNoise", "abstract_state", "ce_loss", "default_loop", "draw_mean",
+    "epoch_indices", "init_state", "make_eval_fn", "make_logits_fn", "make_optimizer", "make_schedule",
+    "make_split_scan", "make_train_chunk", "make_train_step", "perturb_params", "stateful", "variables_of",
 ]
 
 # (logits_BxK, feats): feats are the model's features, or None for a logits-only model.
@@ -51,7 +52,7 @@ Outputs = tuple[jax.Array, Any]
 LossFn = Callable[[Outputs, dict[str, jax.Array]], jax.Array]
 
 # Streams derived from the run key: fold_in(rng, stream) then fold_in(., step or epoch).
-_DATA_STREAM, _AUGMENT_STREAM, _DROPOUT_STREAM = 0, 1, 2
+_DATA_STREAM, _AUGMENT_STREAM, _DROPOUT_STREAM, _WEIGHT_NOISE_STREAM = 0, 1, 2, 3
 
 
 @flax.struct.dataclass
@@ -235,8 +236,52 @@ def _apply_loss(loss_fn: Callable, outputs: Outputs, batch: dict[str, jax.Array]
   return loss_B, new_extra
 
 
-def _step_fn(model: Model, loss_fn: LossFn, optimizer: optax.GradientTransformation):
+@dataclasses.dataclass(frozen=True)
+class WeightNoise:
+  """Random weight perturbations under which a model is trained or attacked (Provably
+  Unlearnable Examples, Wang et al. 2025): for each noise level ``sigma`` in ``sigmas``,
+  in order, a gradient averaged over ``draws`` models ``params + sigma * N(0, I)`` (one
+  model when ``sigma`` is 0), then one update. ``ramp(0.25, 0.05, u)`` gives the paper's
+  levels 0, 0.05, ..., 0.25."""
+
+  sigmas: tuple[float, ...]
+  draws: int = 1
+
+  def __post_init__(self):
+    if not self.sigmas or any(not s >= 0 for s in self.sigmas):
+      raise ValueError(f"sigmas: expected noise levels >= 0, got {self.sigmas}")
+    checks.check_positive_int(self.draws, "draws")
+
+  @classmethod
+  def ramp(cls, sigma_max: float, sigma_step: float, draws: int) -> "WeightNoise":
+    """Levels ``j * sigma_step`` for ``j = 0 .. int(sigma_max / sigma_step)`` (the
+    reference's ``times``)."""
+    if not sigma_step > 0 or sigma_max < 0:
+      raise ValueError(f"sigma_step must be > 0 and sigma_max >= 0, got {sigma_step}, {sigma_max}")
+    return cls(tuple(round(j * sigma_step, 12) for j in range(int(sigma_max / sigma_step + 1e-9) + 1)), draws)
+
+
+def perturb_params(params: Any, key: jax.Array, sigma: Any) -> Any:
+  """``params + sigma * N(0, I)`` on every leaf (one key per leaf, split from ``key``)."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [p + sigma * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+
+def draw_mean(fn: Callable, key: jax.Array, sigma: float, draws: int) -> Any:
+  """The mean over ``draws`` of ``fn(key_k)`` (``key_k = fold_in(key, k)``, vmapped); a
+  single call when ``sigma`` is 0 (every draw would be the same model)."""
+  if sigma == 0 or draws == 1:
+    return fn(jax.random.fold_in(key, 0))
+  out = jax.vmap(lambda k: fn(jax.random.fold_in(key, k)))(jnp.arange(draws))
+  return jax.tree.map(lambda a: jnp.mean(a, axis=0), out)
+
+
+def _step_fn(model: Model, loss_fn: LossFn, optimizer: optax.GradientTransformation,
+             weight_noise: WeightNoise | None = None):
   """The un-jitted step ``(state, batch) -> (state, metrics)``."""
+  if weight_noise is not None:
+    return _noisy_step_fn(model, loss_fn, optimizer, weight_noise)
 
   def step(state: TrainState, batch: dict[str, jax.Array]):
     _check_batch(batch)
@@ -261,6 +306,43 @@ def _step_fn(model: Model, loss_fn: LossFn, optimizer: optax.GradientTransformat
   return step
 
 
+def _noisy_step_fn(model: Model, loss_fn: LossFn, optimizer: optax.GradientTransformation, noise: WeightNoise):
+  """The step under ``noise``: one update per noise level, each with the gradient of the
+  mean loss over the level's draws, divided by the number of levels (the reference's loss
+  scaling, ``loss / (times * draws)``, with an optimizer step per level). BatchNorm
+  statistics and ``extra`` are the draws' mean after the last level; the metrics are
+  those of the last level."""
+  levels = len(noise.sigmas)
+
+  def step(state: TrainState, batch: dict[str, jax.Array]):
+    _check_batch(batch)
+    batch = {**batch, "step": state.step}
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, _DROPOUT_STREAM), state.step)
+    noise_key = jax.random.fold_in(jax.random.fold_in(state.rng, _WEIGHT_NOISE_STREAM), state.step)
+    params, opt_state, batch_stats, extra = state.params, state.opt_state, state.batch_stats, state.extra
+    for j, sigma in enumerate(noise.sigmas):
+
+      def one(key, params=params, sigma=sigma):
+        def objective(p):
+          (logits, feats), new_vars = model.apply(
+              variables_of(state, perturb_params(p, key, sigma)), batch["image"], train=True, mutable=["batch_stats"],
+              rngs={"dropout": dropout_key})
+          loss_B, new_extra = _apply_loss(loss_fn, (logits, feats), batch, state.extra)
+          acc = jnp.mean(losses.accuracy(logits, batch["label"]))
+          return jnp.mean(loss_B), (new_vars.get("batch_stats", {}), acc, new_extra)
+
+        return jax.value_and_grad(objective, has_aux=True)(params)
+
+      (loss, (batch_stats, acc, extra)), grads = draw_mean(one, jax.random.fold_in(noise_key, j), sigma, noise.draws)
+      grads = jax.tree.map(lambda g: g / levels, grads)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+    new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, extra=extra)
+    return new, {"loss": loss, "accuracy": acc}
+
+  return step
+
+
 def make_train_step(
     model: nn.Module | Model,
     loss_fn: LossFn,
@@ -268,6 +350,7 @@ def make_train_step(
     mesh: Mesh,
     donate: bool = True,
     batch_fn: Callable | None = None,
+    weight_noise: WeightNoise | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """The jitted train step ``step(state, batch, aux=None) -> (state, metrics)``.
 
@@ -276,14 +359,16 @@ def make_train_step(
   replicated or a host array, is resharded inside the step). The state is replicated and
   donated; ``loss_fn(outputs, batch) -> loss_B`` gets ``outputs = (logits_BxK, feats)``
   (``feats`` None for a logits-only model). ``batch_fn(aux, batch)`` (optional) runs
-  first. ``metrics``: batch ``loss`` and ``accuracy``.
+  first. ``metrics``: batch ``loss`` and ``accuracy``. ``weight_noise`` (optional): train
+  under random weight perturbations (``WeightNoise``; keys from the state's run key and
+  step).
 
   The result is a ``jax.jit`` function: ``step.lower(abstract_state(...), batch_spec)``
   compiles it ahead of time.
   """
   model = as_model(model)
   rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  step = _step_fn(model, loss_fn, optimizer)
+  step = _step_fn(model, loss_fn, optimizer, weight_noise)
 
   def train_step(state, batch, aux=None):
     state = jax.lax.with_sharding_constraint(state, rep)
@@ -317,6 +402,7 @@ def make_train_chunk(
     donate: bool = True,
     loop: str | None = None,
     batch_fn: Callable | None = None,
+    weight_noise: WeightNoise | None = None,
 ):
   """``chunk(state, split, num_steps, aux=None) -> (state, metrics_S)``: ``num_steps``
   training steps continuing the epoch at ``state.step``.
@@ -328,7 +414,8 @@ def make_train_chunk(
   each distinct value compiles once); ``loop="host"`` dispatches one jitted
   gather-augment-step per step from Python (no data leaves the device either way).
   Default: ``default_loop()``. ``batch_fn(aux, batch)`` (optional) transforms each batch
-  inside jit; ``aux`` is passed at call time (see the module docstring).
+  inside jit; ``aux`` is passed at call time (see the module docstring). ``weight_noise``
+  as in ``make_train_step``.
   """
   model = as_model(model)
   checks.check_batch_size(batch_size)
@@ -336,7 +423,7 @@ def make_train_chunk(
   loop = loop or default_loop(mesh)
   if loop not in ("scan", "host"):
     raise ValueError(f"loop must be 'scan' or 'host', got {loop!r}")
-  step = _step_fn(model, loss_fn, optimizer)
+  step = _step_fn(model, loss_fn, optimizer, weight_noise)
   batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
   rep = parallel.replicated(mesh)
   donate_args = (0,) if donate else ()

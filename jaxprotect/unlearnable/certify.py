@@ -165,12 +165,13 @@ def certify_learnability(accuracies_N, q: float, eta, sigma: float, confidence: 
 # ---------------------------------------------------------------------------------------
 
 def _noisy(params: Any, key: jax.Array, sigma: jax.Array, radius: bool = False) -> Any:
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  noise = [jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
-  if radius:  # a uniformly random direction, scaled to L2 norm sigma over all leaves
-    sigma = sigma / jnp.maximum(jnp.sqrt(sum(jnp.sum(jnp.square(z)) for z in noise)), 1e-12)
-  return jax.tree.unflatten(treedef, [p + sigma * z for p, z in zip(leaves, noise)])
+  """``train.perturb_params``; with ``radius``, the change is rescaled to L2 norm ``sigma``
+  over all leaves (a uniformly random direction at that distance)."""
+  if not radius:
+    return train.perturb_params(params, key, sigma)
+  unit = train.perturb_params(jax.tree.map(jnp.zeros_like, params), key, 1.0)
+  norm = jnp.sqrt(sum(jnp.sum(jnp.square(z)) for z in jax.tree.leaves(unit)))
+  return jax.tree.map(lambda p, z: p + sigma / jnp.maximum(norm, 1e-12) * z, params, unit)
 
 
 def make_draw_eval(model, mesh, batch_size: int, num_draws: int, radius: bool = False):

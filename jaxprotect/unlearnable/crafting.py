@@ -34,21 +34,24 @@ from jaxprotect.unlearnable import pgd, poison_io
 
 __all__ = [
     "CRAFTING_SECTIONS", "DELTA_INITS", "METHODS", "MODES", "RESHUFFLE", "STOP_ON", "classwise_positions", "craft",
-    "crafting_hash", "objective_of", "order_key", "reshuffles", "step_size", "unlearnable_config", "validate",
+    "crafting_hash", "crafting_sections", "objective_of", "order_key", "reshuffles", "step_size",
+    "unlearnable_config", "validate",
 ]
 
-METHODS = ("em", "mi_ue", "random")  # "random": uniform noise, the papers' control
+METHODS = ("em", "mi_ue", "pue", "random")  # "random": uniform noise, the papers' control
 MODES = ("sample", "class")
 DELTA_INITS = ("uniform", "zeros")
 # craft.reshuffle: a new pass order per outer iteration for batch-coupled objectives only, always, never.
 RESHUFFLE = ("auto", "always", "never")
 STOP_ON = ("all", "subset")  # craft.stop_on: the stop rule's examples (class-wise: "subset")
 # The sections crafting computes from (hashed into its checkpoints, recorded in the poison's manifest).
-CRAFTING_SECTIONS = ("data", "surrogate", "craft")
+CRAFTING_SECTIONS = ("data", "surrogate", "craft")  # and the method's own section, if it has one (pue)
 # Stream of the clean-image augmentation of the PGD passes (fold_in of the seed's key).
 _CLEAN_AUGMENT_STREAM = 0x636C65
 # Stream of the pass orders (craft.reshuffle): fold_in(fold_in(seed's key, this), iteration).
 _ORDER_STREAM = 0x6F7264
+# Stream of PUE's weight draws in the PGD passes (fold_in of the seed's key, then the iteration).
+_WEIGHT_NOISE_STREAM = 0x707565
 
 
 def unlearnable_config() -> ml_collections.ConfigDict:
@@ -81,7 +84,7 @@ def unlearnable_config() -> ml_collections.ConfigDict:
   surrogate.optimizer.grad_clip = 5.0
 
   craft_section = ml_collections.ConfigDict(dict(
-      method="em",  # "em", "mi_ue" or "random" (uniform noise in [-eps, eps], no crafting)
+      method="em",  # "em", "mi_ue", "pue" or "random" (uniform noise in [-eps, eps], no crafting)
       mode="sample",  # "sample" (one delta per example id) or "class" (one per class)
       eps=8 / 255,
       delta_init="uniform",  # "uniform" in [-eps, eps] (EM's reference) or "zeros" (MI-UE's)
@@ -104,6 +107,13 @@ def unlearnable_config() -> ml_collections.ConfigDict:
       class_subset=0.2,  # class-wise: fraction of the training set the noise is fitted on
       mi_ue=ml_collections.ConfigDict(dict(temperature=0.1, exclude_self=False, zeta=0.0)),
   ))
+
+  # PUE (Wang et al., NDSS 2025), its own section (hashed only when craft.method is "pue"):
+  # EM's objective; once the surrogate's accuracy on the perturbed set exceeds
+  # switch_accuracy, the surrogate trains under weight noise and each PGD step averages over
+  # weight draws, at the levels 0, sigma_step, ..., sigma (train_draws / draws models per
+  # level). PUE stops only after a robust iteration.
+  pue = ml_collections.ConfigDict(dict(sigma=0.25, sigma_step=0.05, draws=10, train_draws=100, switch_accuracy=0.5))
 
   victim = config_lib.model_config()
   victim.model = "resnet18"
@@ -134,12 +144,18 @@ def unlearnable_config() -> ml_collections.ConfigDict:
   ))
   export = ml_collections.ConfigDict(dict(png=False, npz=False, preview=True))
   return config_lib.lock(ml_collections.ConfigDict(dict(
-      data=config_lib.data_config(), surrogate=surrogate, craft=craft_section, victim=victim, evaluate=evaluate,
-      export=export, runtime=config_lib.runtime_config())))
+      data=config_lib.data_config(), surrogate=surrogate, craft=craft_section, pue=pue, victim=victim,
+      evaluate=evaluate, export=export, runtime=config_lib.runtime_config())))
 
 
 def _module_of(model: Any) -> Any:
   return model.module if isinstance(model, models.Model) else model
+
+
+def crafting_sections(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The sections crafting computes from: ``data``, ``surrogate``, ``craft``, and the
+  method's own section when it has one (``pue``)."""
+  return (*CRAFTING_SECTIONS, "pue") if config.craft.method == "pue" else CRAFTING_SECTIONS
 
 
 def crafting_hash(config: ml_collections.ConfigDict, model: Any = None) -> str:
@@ -147,7 +163,7 @@ def crafting_hash(config: ml_collections.ConfigDict, model: Any = None) -> str:
   and ``craft``, and of a user's surrogate module (its ``repr``, which lists its fields)
   when one is given."""
   extra = {} if model is None else {"user_model": repr(_module_of(model))}
-  return config_lib.phase_hash(config, CRAFTING_SECTIONS, **extra)
+  return config_lib.phase_hash(config, crafting_sections(config), **extra)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -174,6 +190,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if c.stop_on == "subset" and c.mode != "class":
     raise ValueError("craft.stop_on='subset' needs class-wise perturbations (craft.mode='class'), whose "
                      "craft.class_subset it refers to")
+  if c.method == "pue":
+    p = config.pue
+    if not (p.sigma >= 0 and p.sigma_step > 0 and p.draws >= 1 and p.train_draws >= 1
+            and 0 <= p.switch_accuracy <= 1):
+      raise ValueError(f"pue: expected sigma >= 0, sigma_step > 0, draws >= 1, train_draws >= 1 and "
+                       f"switch_accuracy in [0, 1], got {p.to_dict()}")
   if c.delta_init not in DELTA_INITS:
     raise ValueError(f"craft.delta_init: unknown delta_init {c.delta_init!r}; use one of {DELTA_INITS}")
   if AugmentConfig.parse(c.clean_augment).enabled and c.mode != "sample":
@@ -181,9 +203,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def objective_of(config: ml_collections.ConfigDict) -> pgd.Objective:
-  """The PGD objective of ``config.craft.method`` (``em`` or ``mi_ue``)."""
+  """The PGD objective of ``config.craft.method`` (``em`` and ``pue``: error-minimizing;
+  ``mi_ue``)."""
   c = config.craft
-  if c.method == "em":
+  if c.method in ("em", "pue"):
     return pgd.error_minimizing_objective()
   return pgd.mi_ue_objective(c.mi_ue.temperature, c.mi_ue.exclude_self, c.mi_ue.zeta)
 
@@ -271,38 +294,53 @@ def craft(
     delta = jax.jit(pgd.init_delta, static_argnums=(1, 2), out_shardings=sharding)(k_delta, shape, c.eps)
   user = None if user_model is None else {"user_model": repr(model.module)}
   phase = run.Phase(workdir, "craft", config, dataset=ds, total=c.max_iterations, unit="iter",
-                    sections=CRAFTING_SECTIONS, hash_extra=user, record=user)
+                    sections=crafting_sections(config), hash_extra=user, record=user)
   if c.method == "random":  # the papers' control: the initial uniform noise, uncrafted, no surrogate
     return _finish(config, phase, ds, delta, iteration=0, done=False,
                    record={"perturbed_train_accuracy": None, "clean_train_accuracy": None}, surrogate_digest=None)
 
-  chunk = train.make_train_chunk(model, train.ce_loss(s.label_smoothing), optimizer, mesh, s.batch_size,
-                                 AugmentConfig.parse(s.augment), loop=s.loop or None)
+  noise_train = noise_pgd = None
+  if c.method == "pue":
+    noise_train = train.WeightNoise.ramp(config.pue.sigma, config.pue.sigma_step, config.pue.train_draws)
+    noise_pgd = train.WeightNoise.ramp(config.pue.sigma, config.pue.sigma_step, config.pue.draws)
+  chunks = {robust: train.make_train_chunk(model, train.ce_loss(s.label_smoothing), optimizer, mesh, s.batch_size,
+                                           AugmentConfig.parse(s.augment), loop=s.loop or None,
+                                           weight_noise=noise_train if robust else None)
+            for robust in ((False, True) if noise_train else (False,))}
   eval_fn = train.make_eval_fn(model, mesh, s.eval_batch_size, k)
   objective = objective_of(config)
   clean_augment = AugmentConfig.parse(c.clean_augment)
   shuffle = reshuffles(config, objective)
   stop_split = None  # the split the stop rule measures (None: the perturbed training set)
-  if c.mode == "sample":
-    sample_pass = pgd.make_samplewise_pass(model, objective, mesh, c.pgd.batch_size, c.pgd.steps,
-                                           loop=c.pgd.loop or None)
+  def noise_key(iteration):
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(s.seed), _WEIGHT_NOISE_STREAM), iteration)
 
-    def perturb(variables, split, eps, alpha, key, iteration):
+  if c.mode == "sample":
+    sample_passes = {robust: pgd.make_samplewise_pass(model, objective, mesh, c.pgd.batch_size, c.pgd.steps,
+                                                      loop=c.pgd.loop or None,
+                                                      weight_noise=noise_pgd if robust else None)
+                     for robust in chunks}
+
+    def perturb(variables, split, eps, alpha, key, iteration, robust):
       order = order_key(s.seed, iteration) if shuffle else None
-      return sample_pass(variables, split, eps, alpha, key, order_key=order)
+      return sample_passes[robust](variables, split, eps, alpha, key, order_key=order,
+                                   noise_key=noise_key(iteration) if robust else None)
   else:
     positions = classwise_positions(k_subset, n, c.class_subset, c.pgd.batch_size)
-    class_pass = pgd.make_classwise_pass(model, objective, mesh, c.pgd.batch_size, c.pgd.steps, k,
-                                         loop=c.pgd.loop or None)
+    class_passes = {robust: pgd.make_classwise_pass(model, objective, mesh, c.pgd.batch_size, c.pgd.steps, k,
+                                                    loop=c.pgd.loop or None,
+                                                    weight_noise=noise_pgd if robust else None)
+                    for robust in chunks}
     if c.stop_on == "subset":
       stop_split = _subset_split(ds.train, positions.reshape(-1))
 
-    def perturb(variables, split, eps, alpha, key, iteration):
+    def perturb(variables, split, eps, alpha, key, iteration, robust):
       rows = positions
       if shuffle:  # the same subset, re-batched in a new order
         flat = positions.reshape(-1)
         rows = flat[jax.random.permutation(order_key(s.seed, iteration), flat.shape[0])].reshape(positions.shape)
-      return class_pass(variables, split, rows, eps, alpha)
+      return class_passes[robust](variables, split, rows, eps, alpha,
+                                  noise_key=noise_key(iteration) if robust else None)
   every = max(1, config.runtime.checkpoint.get("every_iterations", 1))
 
   surrogate = train.init_state(model, optimizer, ds.example, k_model, mesh)
@@ -311,8 +349,9 @@ def craft(
     # Scalars as global (replicated) arrays: a multi-process checkpoint saves nothing host-local.
     rep = parallel.replicated(mesh)
     state = phase.restore({"surrogate": surrogate, "delta": delta, "iteration": parallel.put(np.int32(0), rep),
-                           "done": parallel.put(np.bool_(False), rep)})
+                           "done": parallel.put(np.bool_(False), rep), "robust": parallel.put(np.bool_(False), rep)})
     surrogate, delta, done = state["surrogate"], state["delta"], bool(state["done"])
+    robust = bool(state["robust"])  # PUE: weight noise switched on
     iteration = phase.start(int(state["iteration"]), desc=f"{c.method}-{c.mode}")
     while not done and iteration < c.max_iterations:
       split = ds.train.replace(delta=delta, delta_mode=c.mode, clean_augment=clean_augment)
@@ -320,14 +359,15 @@ def craft(
       remaining, ms = train_steps, []
       while remaining:
         m = min(remaining, steps_per_epoch - int(surrogate.step) % steps_per_epoch)
-        surrogate, metrics = chunk(surrogate, split, m)
+        surrogate, metrics = chunks[robust](surrogate, split, m)
         ms.append(jax.device_get(metrics))
         remaining -= m
       # Perturbation phase.
       alpha = step_size(config, iteration)
       delta = perturb(train.variables_of(surrogate), split, jnp.float32(c.eps), jnp.float32(alpha),
-                      jax.random.fold_in(k_clean_aug, iteration), iteration)
+                      jax.random.fold_in(k_clean_aug, iteration), iteration, robust)
       iteration += 1
+      was_robust = robust
       acc = float(eval_fn(surrogate, ds.train.replace(delta=delta, delta_mode=c.mode))["accuracy"])
       record = {"surrogate_loss": float(np.mean(np.concatenate([m["loss"] for m in ms]))),
                 "surrogate_accuracy": float(np.mean(np.concatenate([m["accuracy"] for m in ms]))),
@@ -336,11 +376,15 @@ def craft(
       if stop_split is not None:  # stop_on="subset": the surrogate's accuracy on the perturbed subset
         acc = float(eval_fn(surrogate, stop_split.replace(delta=delta, delta_mode=c.mode))["accuracy"])
         record["subset_accuracy"] = acc
-      done = bool(c.stop_error) and (1.0 - acc) < c.stop_error
+      done = bool(c.stop_error) and (1.0 - acc) < c.stop_error and (c.method != "pue" or was_robust)
+      if c.method == "pue":
+        robust = robust or acc > config.pue.switch_accuracy
+        record["robust"] = int(was_robust)
       phase.log(iteration, advance=1, postfix={"acc": f"{acc:.4f}"}, **record)
       phase.checkpoint(iteration, {"surrogate": surrogate, "delta": delta,
                                    "iteration": parallel.put(np.int32(iteration), rep),
-                                   "done": parallel.put(np.bool_(done), rep)},
+                                   "done": parallel.put(np.bool_(done), rep),
+                                   "robust": parallel.put(np.bool_(robust), rep)},
                        save=done or iteration % every == 0 or iteration == c.max_iterations)
 
   if not record:  # resumed after the end: report the stored state
@@ -368,7 +412,7 @@ def _finish(config, phase: run.Phase, ds, delta, iteration, done, record, surrog
   phase.write_config()
   delta_host = parallel.to_host(delta)  # a collective when delta is split over processes: every process
   if phase.main:
-    crafted_from = {name: config[name].to_dict() for name in CRAFTING_SECTIONS}
+    crafted_from = {name: config[name].to_dict() for name in crafting_sections(config)}
     manifest = poison_io.save_poison(poison_dir, delta_host, c.mode, ds, config=crafted_from,
                                      stats={"iterations": iteration, "stopped_early": done, **record})
     if config.export.preview:

@@ -132,10 +132,15 @@ def default_unroll(mesh: Mesh | None = None) -> bool:
 
 
 def make_batch_pgd(model: nn.Module | Model, objective: Objective, num_steps: int, unroll: bool | None = None,
-                   mesh: Mesh | None = None) -> Callable:
-  """``pgd(variables, x_BxHxWxC, y_B, delta_BxHxWxC, eps, alpha, x_also=None) -> delta``:
-  ``num_steps`` (>= 1) sign steps descending ``objective`` with the model in eval mode
-  (BatchNorm running statistics).
+                   mesh: Mesh | None = None, weight_noise: train.WeightNoise | None = None) -> Callable:
+  """``pgd(variables, x_BxHxWxC, y_B, delta_BxHxWxC, eps, alpha, x_also=None, noise_key=None)
+  -> delta``: ``num_steps`` (>= 1) sign steps descending ``objective`` with the model in
+  eval mode (BatchNorm running statistics).
+
+  ``weight_noise`` (PUE, Wang et al. 2025): each step becomes one sign step per noise
+  level of ``weight_noise.sigmas``, each descending the objective averaged over
+  ``weight_noise.draws`` models ``params + sigma * N(0, I)`` (vmapped), with keys from
+  ``noise_key`` (required then), the step and the level.
 
   ``x``: float images in [0, 1]; ``y``: int labels; ``delta``: float, ``x``'s shape;
   ``eps``, ``alpha`` >= 0 (pixel units). ``x_also`` (optional): other images the
@@ -152,18 +157,34 @@ def make_batch_pgd(model: nn.Module | Model, objective: Objective, num_steps: in
   def grad_fn(variables, x, y, d):
     return jax.grad(lambda d: objective(model.apply(variables, x + d, train=False), {"image": x + d, "label": y}))(d)
 
-  def check(x, y, d, eps, alpha):
+  def noisy_grad(variables, x, y, d, key, sigma):
+    def one(k):
+      return grad_fn({**variables, "params": train.perturb_params(variables["params"], k, sigma)}, x, y, d)
+
+    return train.draw_mean(one, key, sigma, weight_noise.draws)
+
+  def check(x, y, d, eps, alpha, noise_key):
     checks.check_images_and_labels(x, y, "x", "y")
     checks.check_shape(d, "delta", shape=np.shape(x))
     checks.check_nonnegative(eps, "eps")
     checks.check_nonnegative(alpha, "alpha")
+    if weight_noise is not None and noise_key is None:
+      raise ValueError("noise_key: PGD under weight noise needs a key")
 
-  def pgd(variables, x, y, d, eps, alpha, x_also=None):
-    check(x, y, d, eps, alpha)
-    def body(_, d):
-      d = sign_descent(d, grad_fn(variables, x, y, d), x, eps, alpha)
+  def pgd(variables, x, y, d, eps, alpha, x_also=None, noise_key=None):
+    check(x, y, d, eps, alpha, noise_key)
+
+    def descend(d, g):
+      d = sign_descent(d, g, x, eps, alpha)
       # Both boxes contain 0, so clipping to one and then the other is clipping to their intersection.
       return d if x_also is None else project(d, x_also, eps)
+
+    def body(i, d):
+      if weight_noise is None:
+        return descend(d, grad_fn(variables, x, y, d))
+      for j, sigma in enumerate(weight_noise.sigmas):
+        d = descend(d, noisy_grad(variables, x, y, d, jax.random.fold_in(jax.random.fold_in(noise_key, i), j), sigma))
+      return d
 
     return jax.lax.fori_loop(0, num_steps, body, d, unroll=bool(unroll))
 
@@ -199,8 +220,10 @@ def _check_pass_args(split: DeviceSplit, eps: Any, alpha: Any) -> None:
 
 
 def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: Mesh, batch_size: int,
-                         num_steps: int, loop: str | None = None, unroll: bool | None = None) -> Callable:
-  """``run(variables, split, eps, alpha, key=None, order_key=None) -> delta_NxHxWxC``:
+                         num_steps: int, loop: str | None = None, unroll: bool | None = None,
+                         weight_noise: train.WeightNoise | None = None) -> Callable:
+  """``run(variables, split, eps, alpha, key=None, order_key=None, noise_key=None) ->
+  delta_NxHxWxC``:
   ``num_steps`` PGD steps on every batch of the training set, starting from ``split.delta``.
 
   The batches are the rows of ``pass_rows(N, batch_size, order_key)``: in order without
@@ -216,7 +239,8 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
   objective on augmented clean images plus the unmoved perturbation; batch ``r`` draws its
   augmentation from ``fold_in(key, r)``, and the perturbation stays valid for the
   unaugmented images as well. (``r`` counts the rows in the order visited, so a reordered
-  pass draws the same augmentation keys.)
+  pass draws the same augmentation keys.) With ``weight_noise`` (``make_batch_pgd``), batch
+  ``r`` draws its weight noise from ``fold_in(noise_key, r)``.
 
   ``loop="scan"``: the whole pass is one program, and ``run`` is that ``jax.jit`` function
   (``run.lower(...)`` compiles it ahead of time); ``"host"``: one jitted call per batch,
@@ -228,10 +252,10 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
   checks.check_positive_int(num_steps, "num_steps")
   checks.check_batch_size(batch_size, "batch_size")
   parallel.check_divisible(batch_size, mesh, "PGD batch_size")
-  pgd = make_batch_pgd(model, objective, num_steps, unroll, mesh=mesh)
+  pgd = make_batch_pgd(model, objective, num_steps, unroll, mesh=mesh, weight_noise=weight_noise)
   rows = NamedSharding(mesh, P(parallel.DATA_AXIS))
 
-  def update(variables, split: DeviceSplit, delta, pos_B, mask_B, row, key, eps, alpha):
+  def update(variables, split: DeviceSplit, delta, pos_B, mask_B, row, key, eps, alpha, noise_key=None):
     pos_B = jax.lax.with_sharding_constraint(pos_B, rows)
     u8 = split.images[pos_B]
     x = u8.astype(jnp.float32) / 255.0
@@ -239,7 +263,8 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
     x_seen, x_also = x, None
     if split.clean_augment.enabled:  # the model sees the augmented view; delta stays valid for both
       x_seen, x_also = augment_batch(jax.random.fold_in(key, row), x, split.clean_augment), x
-    new = project_u8(pgd(variables, x_seen, split.labels[pos_B], d, eps, alpha, x_also=x_also), u8, eps)
+    nk = None if noise_key is None else jax.random.fold_in(noise_key, row)
+    new = project_u8(pgd(variables, x_seen, split.labels[pos_B], d, eps, alpha, x_also=x_also, noise_key=nk), u8, eps)
     new = jnp.where(mask_B[:, None, None, None], new, d)
     return delta.at[pos_B].set(new)
 
@@ -257,11 +282,11 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
   if loop == "scan":
 
     @jax.jit
-    def run(variables, split, eps, alpha, key=None, order_key=None):
+    def run(variables, split, eps, alpha, key=None, order_key=None, noise_key=None):
       pos, mask = check(split, key, eps, alpha, order_key)
 
       def body(delta, pmr):
-        return update(variables, split, delta, *pmr, key, eps, alpha), None
+        return update(variables, split, delta, *pmr, key, eps, alpha, noise_key), None
 
       return jax.lax.scan(body, split.delta, (pos, mask, jnp.arange(pos.shape[0], dtype=jnp.int32)))[0]
 
@@ -270,15 +295,15 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
     raise ValueError(f"loop must be 'scan' or 'host', got {loop!r}")
   sync = parallel.sync_each_step(mesh)
   # Row i is selected inside jit (a traced index): one program for every row.
-  update_jit = jax.jit(lambda v, s, d, pos, mask, i, key, eps, alpha: update(v, s, d, pos[i], mask[i], i, key, eps,
-                                                                               alpha),
+  update_jit = jax.jit(lambda v, s, d, pos, mask, i, key, eps, alpha, nk: update(v, s, d, pos[i], mask[i], i, key, eps,
+                                                                                   alpha, nk),
                        donate_argnums=(2,))
 
-  def run_host(variables, split, eps, alpha, key=None, order_key=None):
+  def run_host(variables, split, eps, alpha, key=None, order_key=None, noise_key=None):
     pos, mask = check(split, key, eps, alpha, order_key)
     delta = jnp.copy(split.delta)
     for i in range(pos.shape[0]):
-      delta = update_jit(variables, split, delta, pos, mask, jnp.int32(i), key, eps, alpha)
+      delta = update_jit(variables, split, delta, pos, mask, jnp.int32(i), key, eps, alpha, noise_key)
       if sync:
         jax.block_until_ready(delta)
     return delta
@@ -289,8 +314,9 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
 
 def make_classwise_pass(model: nn.Module | Model, objective: Objective, mesh: Mesh, batch_size: int,
                         num_steps: int, num_classes: int, loop: str | None = None,
-                        unroll: bool | None = None) -> Callable:
-  """``run(variables, split, positions, eps, alpha) -> delta_KxHxWxC`` for class-wise noise.
+                        unroll: bool | None = None, weight_noise: train.WeightNoise | None = None) -> Callable:
+  """``run(variables, split, positions, eps, alpha, noise_key=None) -> delta_KxHxWxC`` for
+  class-wise noise (``weight_noise`` as in ``make_samplewise_pass``).
 
   For each batch of ``positions`` (R x B, e.g. a fixed 20% subset): ``num_steps`` PGD steps
   per example starting from its class's noise; then each class present in the batch
@@ -304,15 +330,16 @@ def make_classwise_pass(model: nn.Module | Model, objective: Objective, mesh: Me
   checks.check_batch_size(batch_size, "batch_size")
   checks.check_positive_int(num_classes, "num_classes", minimum=2)
   parallel.check_divisible(batch_size, mesh, "PGD batch_size")
-  pgd = make_batch_pgd(model, objective, num_steps, unroll, mesh=mesh)
+  pgd = make_batch_pgd(model, objective, num_steps, unroll, mesh=mesh, weight_noise=weight_noise)
   rows = NamedSharding(mesh, P(parallel.DATA_AXIS))
 
-  def update(variables, split: DeviceSplit, delta_K, pos_B, eps, alpha):
+  def update(variables, split: DeviceSplit, delta_K, pos_B, row, eps, alpha, noise_key=None):
     pos_B = jax.lax.with_sharding_constraint(pos_B, rows)
     x = split.images[pos_B].astype(jnp.float32) / 255.0
     y = split.labels[pos_B]
     d = project(delta_K[y], x, eps)
-    new = pgd(variables, x, y, d, eps, alpha)
+    nk = None if noise_key is None else jax.random.fold_in(noise_key, row)
+    new = pgd(variables, x, y, d, eps, alpha, noise_key=nk)
     onehot = jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
     count = onehot.sum(0)
     mean = jnp.einsum("bk,bhwc->khwc", onehot, new) / jnp.maximum(count, 1.0)[:, None, None, None]
@@ -328,21 +355,23 @@ def make_classwise_pass(model: nn.Module | Model, objective: Objective, mesh: Me
   if loop == "scan":
 
     @jax.jit
-    def run(variables, split, positions, eps, alpha):
+    def run(variables, split, positions, eps, alpha, noise_key=None):
       check(split, positions, eps, alpha)
-      return jax.lax.scan(lambda d, p: (update(variables, split, d, p, eps, alpha), None), split.delta, positions)[0]
+      rows_r = jnp.arange(positions.shape[0], dtype=jnp.int32)
+      return jax.lax.scan(lambda d, pr: (update(variables, split, d, *pr, eps, alpha, noise_key), None), split.delta,
+                          (positions, rows_r))[0]
 
     return run
   if loop != "host":
     raise ValueError(f"loop must be 'scan' or 'host', got {loop!r}")
   sync = parallel.sync_each_step(mesh)
-  update_jit = jax.jit(lambda v, s, d, positions, i, eps, alpha: update(v, s, d, positions[i], eps, alpha))
+  update_jit = jax.jit(lambda v, s, d, positions, i, eps, alpha, nk: update(v, s, d, positions[i], i, eps, alpha, nk))
 
-  def run_host(variables, split, positions, eps, alpha):
+  def run_host(variables, split, positions, eps, alpha, noise_key=None):
     check(split, positions, eps, alpha)
     delta = split.delta
     for i in range(positions.shape[0]):
-      delta = update_jit(variables, split, delta, positions, jnp.int32(i), eps, alpha)
+      delta = update_jit(variables, split, delta, positions, jnp.int32(i), eps, alpha, noise_key)
       if sync:
         jax.block_until_ready(delta)
     return delta
