@@ -43,3 +43,19 @@ def synthetic_host(image_shape=(12, 12, 3), std=30.0, test_size=20, first_id=0, 
   test = data.ArraySplit(images=images[:test_size], labels=labels[:test_size], ids=np.arange(test_size, dtype=np.int32))
   return data.HostDataset(name="synthetic", train=split, test=test, num_classes=num_classes,
                           fingerprint=data.fingerprint(split, test))
+
+
+def run_command(command: str, args, workdir, kill_at=None):
+  """``python -m jaxprotect.cli <command> <args> --workdir <workdir>`` in a subprocess from
+  the repository root; with ``kill_at``, the run SIGKILLs itself at that position
+  (``JAXPROTECT_KILL_AT``)."""
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  env = dict(os.environ)
+  env.pop("JAXPROTECT_KILL_AT", None)
+  if kill_at:
+    env["JAXPROTECT_KILL_AT"] = str(kill_at)
+  cmd = [sys.executable, "-m", "jaxprotect.cli", command, *args, "--workdir", str(workdir)]
+  return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+

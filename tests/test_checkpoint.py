@@ -1,11 +1,8 @@
 """Checkpoints: exact resume after SIGKILL, config mismatch, half-written directories."""
 
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import chex
 import jax
@@ -13,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import run_command
 from jaxprotect import checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -25,12 +23,7 @@ TRAIN_ARGS = [
 
 
 def _train(workdir, kill_at=None, extra=()):
-  env = dict(os.environ)
-  env.pop("JAXPROTECT_KILL_AT", None)
-  if kill_at:
-    env["JAXPROTECT_KILL_AT"] = str(kill_at)
-  cmd = [sys.executable, "-m", "jaxprotect.cli", "train", *TRAIN_ARGS, *extra, "--workdir", str(workdir)]
-  return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+  return run_command("train", [*TRAIN_ARGS, *extra], workdir, kill_at)
 
 
 @pytest.mark.slow

@@ -3,10 +3,7 @@ poison files (checked loading, exports), and the effect of EM noise on real data
 
 import importlib.util
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import synthetic_host
+from conftest import run_command, synthetic_host
 from jaxprotect import config as config_lib, data, models, parallel, unlearnable
 from jaxprotect.cli import main as cli_main
 from jaxprotect.data.augment import AugmentConfig, augment_batch
@@ -322,12 +319,7 @@ CRAFT_ARGS = [
 
 
 def _craft(workdir, kill_at=None):
-  env = dict(os.environ)
-  env.pop("JAXPROTECT_KILL_AT", None)
-  if kill_at:
-    env["JAXPROTECT_KILL_AT"] = str(kill_at)
-  cmd = [sys.executable, "-m", "jaxprotect.cli", "poison", *CRAFT_ARGS, "--workdir", str(workdir)]
-  return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+  return run_command("poison", CRAFT_ARGS, workdir, kill_at)
 
 
 @pytest.mark.slow

@@ -4,17 +4,14 @@ every order updates each example exactly once; a killed MI-UE craft resumes to t
 perturbation."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import synthetic_host
+from conftest import run_command, synthetic_host
 from jaxprotect import data, models, parallel
 from jaxprotect.cli import main as cli_main
 from jaxprotect.unlearnable import crafting, pgd, poison_io
@@ -155,12 +152,7 @@ MI_UE_ARGS = [
 
 
 def _craft(workdir, kill_at=None):
-  env = dict(os.environ)
-  env.pop("JAXPROTECT_KILL_AT", None)
-  if kill_at:
-    env["JAXPROTECT_KILL_AT"] = str(kill_at)
-  cmd = [sys.executable, "-m", "jaxprotect.cli", "poison", *MI_UE_ARGS, "--workdir", str(workdir)]
-  return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+  return run_command("poison", MI_UE_ARGS, workdir, kill_at)
 
 
 @pytest.mark.slow
