@@ -44,7 +44,8 @@ from jaxprotect.models.contract import Model, as_model, check_outputs
 __all__ = [
     "LossFn", "Outputs", "TrainState", "WeightNoise", "abstract_state", "ce_loss", "default_loop", "draw_mean",
     "epoch_indices", "init_state", "make_eval_fn", "make_logits_fn", "make_optimizer", "make_schedule",
-    "make_split_scan", "make_train_chunk", "make_train_step", "perturb_params", "stateful", "variables_of",
+    "make_split_scan", "make_train_chunk", "make_train_step", "map_draws", "perturb_params", "stateful",
+    "variables_of",
 ]
 
 # (logits_BxK, feats): feats are the model's features, or None for a logits-only model.
@@ -268,12 +269,22 @@ def perturb_params(params: Any, key: jax.Array, sigma: Any) -> Any:
   return jax.tree.unflatten(treedef, [p + sigma * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
 
 
+def map_draws(fn: Callable, indices: jax.Array, mesh: Mesh | None = None, vectorize: bool | None = None) -> Any:
+  """``fn`` over the weight-draw ``indices``, stacked: a ``vmap`` on accelerators, a
+  ``lax.map`` (one draw after another, inside the same program) on CPU, where XLA runs a
+  vmap over weights as grouped convolutions 2-3x slower than the draws one by one
+  (docs/BENCHMARKS.md). ``vectorize`` forces one or the other."""
+  if not (vectorize if vectorize is not None else not platform.is_cpu(mesh)):
+    return jax.lax.map(fn, indices)
+  return jax.vmap(fn)(indices)
+
+
 def draw_mean(fn: Callable, key: jax.Array, sigma: float, draws: int) -> Any:
-  """The mean over ``draws`` of ``fn(key_k)`` (``key_k = fold_in(key, k)``, vmapped); a
-  single call when ``sigma`` is 0 (every draw would be the same model)."""
+  """The mean over ``draws`` of ``fn(key_k)`` (``key_k = fold_in(key, k)``; ``map_draws``);
+  a single call when ``sigma`` is 0 (every draw would be the same model)."""
   if sigma == 0 or draws == 1:
     return fn(jax.random.fold_in(key, 0))
-  out = jax.vmap(lambda k: fn(jax.random.fold_in(key, k)))(jnp.arange(draws))
+  out = map_draws(lambda k: fn(jax.random.fold_in(key, k)), jnp.arange(draws))
   return jax.tree.map(lambda a: jnp.mean(a, axis=0), out)
 
 

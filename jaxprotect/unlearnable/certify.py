@@ -18,7 +18,7 @@ provably, within that radius.
 * ``certify_learnability(accuracies_N, q, eta, sigma, confidence)`` -- the certificate for
   one eta or an array of etas, in the units of the accuracies (percent or fraction);
 * ``make_draw_eval(model, mesh, batch_size, sigma)`` -- a jitted function returning the
-  clean-split accuracies of ``D`` weight draws at once (``vmap`` over draws, batches split
+  clean-split accuracies of ``D`` weight draws at once (``train.map_draws``, batches split
   along the mesh's ``data`` axis, BatchNorm in evaluation mode with the trained
   statistics); draw ``i`` adds ``sigma * normal(fold_in(key, i))`` to every parameter, so
   the accuracies do not depend on how the draws are chunked or on the device count;
@@ -174,13 +174,15 @@ def _noisy(params: Any, key: jax.Array, sigma: jax.Array, radius: bool = False) 
   return jax.tree.map(lambda p, z: p + sigma / jnp.maximum(norm, 1e-12) * z, params, unit)
 
 
-def make_draw_eval(model, mesh, batch_size: int, num_draws: int, radius: bool = False):
+def make_draw_eval(model, mesh, batch_size: int, num_draws: int, radius: bool = False,
+                   vectorize: bool | None = None):
   """``accuracies(variables, split, key, start, sigma) -> acc_D``: the accuracy on
   ``split`` of the ``D = num_draws`` models whose parameters are
   ``params + sigma * normal(fold_in(key, start + d))`` (every parameter leaf; BatchNorm
-  statistics unchanged, evaluation mode), all in one jitted scan over the split with a
-  ``vmap`` over the draws. With ``radius``, each draw's change is rescaled to L2 norm
-  ``sigma`` (a random direction at that distance). Fractions in [0, 1], replicated."""
+  statistics unchanged, evaluation mode), all in one jitted scan over the split, the draws
+  mapped inside it (``train.map_draws``: a vmap on accelerators). With ``radius``, each
+  draw's change is rescaled to L2 norm ``sigma`` (a random direction at that distance).
+  ``vectorize`` forces a vmap (True) or a map (False). Fractions in [0, 1], replicated."""
   model = models.as_model(model)
   d = checks.check_positive_int(num_draws, "num_draws")
 
@@ -190,7 +192,7 @@ def make_draw_eval(model, mesh, batch_size: int, num_draws: int, radius: bool = 
           variables["key"], index), variables["sigma"], radius)}
       return model.apply(noisy, x, train=False)[0]
 
-    return jax.vmap(one)(variables["start"] + jnp.arange(d))  # D x B x K
+    return train.map_draws(one, variables["start"] + jnp.arange(d), mesh, vectorize)  # D x B x K
 
   scan = train.make_split_scan(model, mesh, batch_size, apply_fn=apply_fn)
 
