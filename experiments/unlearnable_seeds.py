@@ -1,0 +1,372 @@
+"""The multi-seed comparison of the unlearnable-examples methods: each method crafted with
+several crafting seeds (``surrogate.seed``), a victim trained on each poison, and the
+methods compared by Welch intervals over the seeds rather than by single runs.
+
+  python experiments/unlearnable_seeds.py --variant fashion_mnist_mini --workdir runs/ue_seeds \\
+      [--seeds 0,1,2] [--methods em_sample,em_class,mi_ue,mi_ue_fixed,random] [--eps 0.3] \\
+      [--depth-victims mlp,resnet18:width=8] [--config.<section>.<field>=<value> ...]
+
+Methods (``METHODS``): ``em_sample`` (experiments/em.py, sample-wise), ``em_sample_ref``
+(em.py's ``,reference`` recipe), ``em_class`` (em.py ``,classwise``), ``mi_ue``
+(experiments/mi_ue.py: PGD batches in a new order every outer iteration), ``mi_ue_fixed``
+(the same with ``craft.reshuffle=never``, the fixed order of earlier runs) and ``random``
+(uniform noise in [-eps, eps], the control).
+
+Seeds: the run of crafting seed s trains its victim with ``victim.seed = s`` too, and each
+victim seed has one clean victim per victim recipe (``evaluate.clean_workdir`` under
+``<workdir>/clean``), shared by every method with that recipe: the clean row has one victim
+per seed, and poisoned and clean victims of a seed start from the same initial weights.
+``--eps`` sets ``craft.eps`` and scales every method's PGD step sizes by ``eps / (8/255)``,
+keeping each method's ratio of step size to radius; ``--config.*`` overrides are applied to
+every run after that (they may set the step sizes themselves) and before the seeds.
+``--depth-victims``: victims of other architectures trained on the same poisons
+(``model[:key=value...]``, the keys going to ``victim.model_kwargs``), each with its own
+clean victims; they run after every run of the main victim.
+
+Every craft and victim is a resumable run directory under ``--workdir``; a run whose record
+(``records/*.json``, keyed by the hash of its config) exists is not run again. ``table.md``
+and ``table.json`` are rewritten after every run, so a partial table can be read while the
+rest runs. Per victim architecture and method: victim accuracy mean +- std over seeds, the
+Welch 95% interval of the difference of means to the clean victims and to ``em_sample``
+(``stats.welch``; "lower"/"higher" only where the interval excludes 0, ``stats.compare``),
+the feature MI (Gaussian and KSG, ``evaluate.feature_mi_examples``) of the poisoned victims
+mean +- std, and the Pearson correlation (``stats.pearson``) between feature MI and victim
+accuracy over every (poison, poisoned victim) pair of that architecture, per estimator
+(and again without the random control); under each table, the Welch interval of MI-UE
+reshuffled minus MI-UE in the fixed order (``PAIRS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# name -> (experiments/<file:variant> with {v} the variant, the method's own overrides, its label)
+METHODS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "em_sample": ("em.py:{v}", (), "EM sample-wise"),
+    "em_sample_ref": ("em.py:{v},reference", (), "EM sample-wise, reference recipe"),
+    "em_class": ("em.py:{v},classwise", (), "EM class-wise"),
+    "mi_ue": ("mi_ue.py:{v}", (), "MI-UE, reshuffled batches"),
+    "mi_ue_fixed": ("mi_ue.py:{v}", ("craft.reshuffle=never",), "MI-UE, fixed batch order"),
+    "random": ("em.py:{v},random", (), "uniform random (control)"),
+}
+DEFAULT_METHODS = ("em_sample", "em_class", "mi_ue", "mi_ue_fixed", "random")
+BASELINE = "em_sample"
+# Further differences of means under each table (the table has each method minus the clean victims
+# and minus BASELINE): (a, b) -> the Welch interval of mean(a) - mean(b).
+PAIRS = (("mi_ue", "mi_ue_fixed"),)
+CONTROL = "random"  # left out of the second Pearson correlation ("crafted poisons only")
+BASE_EPS = 8 / 255  # the radius the methods' step sizes are set for
+ESTIMATORS = ("gaussian", "ksg")
+CONFIDENCE = 0.95
+
+
+def parse_victim(text: str) -> tuple[str, list[str]]:
+  """``"resnet18:width=8"`` -> ``("resnet18(width=8)", ["victim.model=resnet18",
+  "victim.model_kwargs.width=8"])``; ``"default"``: the variant's victim, no overrides."""
+  model, *kwargs = text.split(":")
+  if model == "default":
+    if kwargs:
+      raise ValueError(f"victim {text!r}: 'default' takes no keywords")
+    return "default", []
+  overrides = [f"victim.model={model}"]
+  for kv in kwargs:
+    key, eq, value = kv.partition("=")
+    if not eq or not key:
+      raise ValueError(f"victim {text!r}: expected model[:key=value...], got {kv!r}")
+    overrides.append(f"victim.model_kwargs.{key}={value}")
+  label = model + (f"({','.join(kwargs)})" if kwargs else "")
+  return label, overrides
+
+
+def method_config(method: str, variant: str, overrides: Sequence[str] = (), seed: int = 0, eps: float | None = None,
+                  victim: Sequence[str] = ()):
+  """The config of one run: ``METHODS[method]`` at ``variant``, its step sizes scaled to
+  ``eps`` (if given), the user's ``overrides``, crafting and victim seed ``seed``, then the
+  ``victim`` overrides (another architecture)."""
+  from jaxprotect import config as config_lib
+
+  spec, own, _ = METHODS[method]
+  c = config_lib.from_file(REPO / "experiments" / spec.format(v=variant))
+  config_lib.apply_overrides(c, own)
+  if eps is not None:
+    scale = eps / BASE_EPS
+    c.craft.eps = eps
+    c.craft.pgd.step_size *= scale
+    if c.craft.pgd.step_size_end is not None:
+      c.craft.pgd.step_size_end *= scale
+  config_lib.apply_overrides(c, overrides)
+  c.surrogate.seed = seed
+  c.victim.seed = seed
+  return config_lib.apply_overrides(c, victim)
+
+
+# ---------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------
+
+def _finite(x: float) -> float | None:
+  return x if math.isfinite(x) else None
+
+
+def _welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+  from jaxprotect import stats
+
+  w = stats.welch(a, b, CONFIDENCE)
+  return {**{k: (_finite(v) if isinstance(v, float) else v) for k, v in w.items()},
+          "verdict": stats.compare(a, b, CONFIDENCE)}
+
+
+def _summary(values: Sequence[float]) -> dict[str, Any]:
+  from jaxprotect import stats
+
+  s = stats.summary(values)
+  return {**{k: (_finite(v) if isinstance(v, float) else v) for k, v in s.items()}, "values": list(values)}
+
+
+def build_table(runs: Sequence[dict[str, Any]], methods: Sequence[str], baseline: str = BASELINE) -> dict[str, Any]:
+  """The comparison of ``runs`` (one dict per (method, seed, victim): ``method``, ``seed``,
+  ``victim``, ``accuracy``, ``clean_accuracy``, ``clean_dir``, ``feature_mi`` {estimator:
+  nats}): per victim architecture, the clean victims (one per clean run directory, i.e.
+  per victim seed and recipe), per method the accuracy and feature-MI summaries over seeds
+  and the Welch intervals of its accuracy minus the clean victims' (of its own recipe) and
+  minus ``baseline``'s, and the Pearson correlation of feature MI and accuracy over all
+  runs of the architecture (and over those of the crafted poisons, without ``CONTROL``),
+  and the Welch intervals of ``PAIRS``. Accuracies are fractions; differences too."""
+  out: dict[str, Any] = {"confidence": CONFIDENCE, "baseline": baseline, "victims": {}}
+  for victim in dict.fromkeys(r["victim"] for r in runs):
+    vr = [r for r in runs if r["victim"] == victim]
+    clean_dirs: dict[str, float] = {}
+    for r in vr:
+      clean_dirs.setdefault(r["clean_dir"], r["clean_accuracy"])
+    rows = {}
+    for m in methods:
+      mr = sorted((r for r in vr if r["method"] == m), key=lambda r: r["seed"])
+      if not mr:
+        continue
+      acc = [r["accuracy"] for r in mr]
+      own_clean = [clean_dirs[d] for d in dict.fromkeys(r["clean_dir"] for r in mr)]
+      row = {"seeds": [r["seed"] for r in mr], "accuracy": _summary(acc),
+             "clean": _summary(own_clean), "vs_clean": _welch(acc, own_clean)}
+      base = sorted((r for r in vr if r["method"] == baseline), key=lambda r: r["seed"])
+      if m != baseline and base:
+        row["vs_baseline"] = _welch(acc, [r["accuracy"] for r in base])
+      row["feature_mi"] = {e: _summary([r["feature_mi"][e] for r in mr])
+                           for e in ESTIMATORS if all(r.get("feature_mi", {}).get(e) is not None for r in mr)}
+      rows[m] = row
+    acc_of = {m: [r["accuracy"] for r in sorted((r for r in vr if r["method"] == m), key=lambda r: r["seed"])]
+              for m in methods}
+    pairs = {f"{a} - {b}": _welch(acc_of[a], acc_of[b]) for a, b in PAIRS if acc_of.get(a) and acc_of.get(b)}
+    out["victims"][victim] = {"clean": _summary(list(clean_dirs.values())), "methods": rows, "pairs": pairs,
+                              "pearson": _pearson(vr),
+                              "pearson_crafted": _pearson([r for r in vr if r["method"] != CONTROL])}
+  return out
+
+
+def _pearson(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """Pearson's r of feature MI and victim accuracy over ``runs``, per estimator."""
+  from jaxprotect import stats
+
+  out = {}
+  for e in ESTIMATORS:
+    pairs = [(r["feature_mi"][e], r["accuracy"]) for r in runs if r.get("feature_mi", {}).get(e) is not None]
+    try:
+      out[e] = stats.pearson([p[0] for p in pairs], [p[1] for p in pairs])
+    except ValueError as err:  # fewer than 3 pairs
+      out[e] = {"r": None, "p": None, "n": len(pairs), "error": str(err)}
+    if out[e]["r"] is not None and not math.isfinite(out[e]["r"]):  # a constant side
+      out[e] = {"r": None, "p": None, "n": len(pairs), "error": "constant values"}
+  return out
+
+
+def _pct(x: float | None) -> str:
+  return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _interval(w: dict[str, Any] | None) -> str:
+  if w is None:
+    return ""
+  if w["low"] is None or w["high"] is None:
+    return f"{100 * w['diff']:+.1f} (n < 2)"
+  word = {"less": ", lower", "greater": ", higher"}.get(w["verdict"], "")
+  return f"{100 * w['diff']:+.1f} [{100 * w['low']:+.1f}, {100 * w['high']:+.1f}]{word}"
+
+
+def _mean_std(s: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
+  if not s:
+    return "-"
+  std = "" if s["std"] is None else f" +- {scale * s['std']:.{digits}f}"
+  return f"{scale * s['mean']:.{digits}f}{std}"
+
+
+def render_table(table: dict[str, Any], labels: dict[str, str] | None = None) -> str:
+  """Markdown of ``build_table``'s result: one table per victim architecture."""
+  labels = labels or {m: spec[2] for m, spec in METHODS.items()}
+  base = labels.get(table["baseline"], table["baseline"])
+  conf = f"{100 * table['confidence']:.0f}%"
+  lines = []
+  for victim, v in table["victims"].items():
+    lines += [f"Victim `{victim}`. Accuracies in %, differences in points with the Welch {conf} interval "
+              "(\"lower\"/\"higher\" only where it excludes 0); feature MI in nats, mean +- std over seeds.", "",
+              f"| poison | victim acc. mean +- std | per seed | minus clean | minus {base} | "
+              "feature MI Gaussian | feature MI KSG |",
+              "|---|---|---|---|---|---|---|"]
+    c = v["clean"]
+    lines.append(f"| none (clean) | {_mean_std(c, 100)} | {' / '.join(_pct(x) for x in c['values'])} | | | | |")
+    for m, row in v["methods"].items():
+      a = row["accuracy"]
+      mi = row["feature_mi"]
+      lines.append(f"| {labels.get(m, m)} | {_mean_std(a, 100)} | {' / '.join(_pct(x) for x in a['values'])} | "
+                   f"{_interval(row['vs_clean'])} | {_interval(row.get('vs_baseline'))} | "
+                   f"{_mean_std(mi.get('gaussian'), digits=1)} | {_mean_std(mi.get('ksg'))} |")
+    lines.append("")
+    for name, w in v.get("pairs", {}).items():
+      a, b = name.split(" - ")
+      lines.append(f"- {labels.get(a, a)} minus {labels.get(b, b)}: {_interval(w)} points.")
+    for key, what in (("pearson", "poisoned victims"), ("pearson_crafted", f"poisoned victims without {CONTROL}")):
+      for e in ESTIMATORS:
+        p = v.get(key, {}).get(e, {})
+        if p.get("r") is None:
+          lines.append(f"- Pearson r (feature MI {e}, victim accuracy), {what}: not available "
+                       f"({p.get('error', 'no values')}).")
+        else:
+          lines.append(f"- Pearson r (feature MI {e}, victim accuracy) over {p['n']} {what}: "
+                       f"{p['r']:+.3f} (p = {p['p']:.2g}).")
+    lines.append("")
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------
+
+def _cached(path: pathlib.Path, key: str, fn) -> dict[str, Any]:
+  """``fn()``'s record, stored at ``path`` under ``key``; a stored record of the same key is
+  returned without running ``fn``."""
+  if path.exists():
+    stored = json.loads(path.read_text())
+    if stored.get("key") == key:
+      return stored["record"]
+  record = fn()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({"key": key, "record": record}, indent=2))
+  return record
+
+
+def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c) -> dict[str, Any]:
+  """Crafts (or restores) the poison of ``method`` at crafting seed ``seed`` and evaluates
+  victim ``victim`` (a label) on it, with config ``c``; returns the run's row."""
+  from jaxprotect import config as config_lib
+  from jaxprotect.unlearnable import craft, crafting, victims
+
+  craft_dir = work / method / f"seed{seed}"
+  c.evaluate.poison = str(craft_dir)
+  c.evaluate.clean = True
+  recipe = config_lib.phase_hash(c, victims.VICTIM_SECTIONS)
+  clean_dir = work / "clean" / f"{victim}-seed{seed}-{recipe[:10]}"
+  c.evaluate.clean_workdir = str(clean_dir)
+
+  def do_craft():
+    t = time.time()
+    r = craft(c, craft_dir)
+    return {"iterations": r["iterations"], "stopped_early": r["stopped_early"],
+            "surrogate_perturbed_acc": r["perturbed_train_accuracy"], "surrogate_clean_acc": r["clean_train_accuracy"],
+            "seconds": round(time.time() - t)}
+
+  def do_eval():
+    t = time.time()
+    ev = victims.evaluate(c, work / method / f"seed{seed}-{victim}")
+    mi = ev.get("feature_mi", {})
+    return {"accuracy": ev["test_accuracy"]["poisoned"], "clean_accuracy": ev["test_accuracy"]["clean"],
+            "feature_mi": {e: mi.get("poisoned", {}).get(e) for e in ESTIMATORS},
+            "clean_feature_mi": {e: mi.get("clean", {}).get(e) for e in ESTIMATORS},
+            "victim_config": ev["victim"], "seconds": round(time.time() - t)}
+
+  rec = work / "records"
+  crafted = _cached(rec / f"{method}-seed{seed}-craft.json", crafting.crafting_hash(c), do_craft)
+  key = config_lib.phase_hash(c, ("data", "victim", "evaluate"), crafting=crafting.crafting_hash(c))
+  evaluated = _cached(rec / f"{method}-seed{seed}-{victim}.json", key, do_eval)
+  return {"method": method, "seed": seed, "victim": victim, "clean_dir": str(clean_dir), "craft": crafted,
+          **evaluated}
+
+
+def main(argv=None) -> int:
+  from jaxprotect import flags, platform
+
+  argv, spec, overrides = flags.split_config_args(sys.argv[1:] if argv is None else argv)
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--variant", default="fashion_mnist_mini")
+  p.add_argument("--workdir", default="runs/unlearnable_seeds")
+  p.add_argument("--seeds", default="0,1,2", help="crafting seeds (each run's victim seed too)")
+  p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list of {', '.join(METHODS)}")
+  p.add_argument("--eps", type=float, default=None, help="radius; scales the step sizes (default: each method's)")
+  p.add_argument("--depth-victims", default="", help="comma list of model[:key=value...] victims on the same poisons")
+  args = p.parse_args(argv)
+  if spec is not None:
+    p.error("--config: the configs are experiments/em.py and mi_ue.py at --variant; "
+            "override fields with --config.<section>.<field>=<value>")
+  methods = [m for m in args.methods.split(",") if m]
+  bad = [m for m in methods if m not in METHODS]
+  if bad:
+    p.error(f"--methods: unknown {bad}; use {', '.join(METHODS)}")
+  seeds = [int(s) for s in args.seeds.split(",") if s]
+  try:
+    depth = [parse_victim(v) for v in args.depth_victims.split(",") if v]
+  except ValueError as e:
+    p.error(str(e))
+  platform.apply_cpu_xla_flags()  # as the jaxprotect command does, before JAX starts
+  from jaxprotect import parallel
+
+  parallel.enable_compilation_cache()
+  parallel.maybe_initialize_distributed()
+  work = pathlib.Path(args.workdir)
+  t0 = time.time()
+  try:
+    main_label = method_config(methods[0], args.variant, overrides, eps=args.eps).victim.model
+    victim_list = [(main_label, []), *depth]
+    runs = []
+    for label, victim_overrides in victim_list:
+      for seed in seeds:
+        for m in methods:
+          c = method_config(m, args.variant, overrides, seed, args.eps, victim_overrides)
+          r = run_one(work, m, seed, label, c)
+          runs.append(r)
+          print(f"[{time.time() - t0:6.0f}s] {m} seed {seed} victim {label}: {100 * r['accuracy']:.2f}% "
+                f"(clean {100 * r['clean_accuracy']:.2f}%), craft {r['craft']['seconds']}s "
+                f"({r['craft']['iterations']} it.), victim {r['seconds']}s", flush=True)
+          write_outputs(work, args, overrides, methods, seeds, runs, time.time() - t0)
+  except (ValueError, platform.MissingExtraError) as e:
+    print(f"unlearnable_seeds: error: {e}", file=sys.stderr)
+    return 1
+  print((work / "table.md").read_text() if (work / "table.md").exists() else "")
+  return 0
+
+
+def write_outputs(work: pathlib.Path, args, overrides, methods, seeds, runs, seconds: float) -> None:
+  from jaxprotect import parallel
+
+  if not parallel.is_main_process():
+    return
+  table = build_table(runs, methods)
+  extra = " ".join(f"--config.{o}" for o in overrides) or "-"
+  craft_s = sum({(r["method"], r["seed"]): r["craft"]["seconds"] for r in runs}.values())
+  victim_s = sum(r["seconds"] for r in runs)
+  head = (f"variant `{args.variant}`, methods {', '.join(methods)}, crafting seeds {seeds} (victim seed = crafting "
+          f"seed), eps {args.eps if args.eps is not None else 'per method'}, extra arguments `{extra}`; "
+          f"{len(runs)} runs: crafting {craft_s / 60:.1f} min and victims {victim_s / 60:.1f} min as recorded, "
+          f"this invocation {seconds / 60:.1f} min\n\n")
+  (work / "table.md").write_text(head + render_table(table))
+  (work / "table.json").write_text(json.dumps(
+      {"variant": args.variant, "methods": methods, "seeds": seeds, "eps": args.eps, "extra": overrides,
+       "seconds": round(seconds), "table": table, "runs": runs}, indent=2))
+
+
+if __name__ == "__main__":
+  sys.exit(main())

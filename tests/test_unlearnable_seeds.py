@@ -1,0 +1,144 @@
+"""experiments/unlearnable_seeds.py: the table builder on synthetic runs (Welch intervals,
+clean victims per recipe, Pearson over the runs) and a tiny end-to-end run (the random
+control, 2 seeds, 256 images, MLP victims of 1 epoch) that is resumed without running
+anything again."""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import pytest
+
+from jaxprotect import stats
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def seeds_mod():
+  spec = importlib.util.spec_from_file_location("unlearnable_seeds", REPO / "experiments" / "unlearnable_seeds.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def _runs():
+  """Three seeds of three methods on one victim; em_sample_ref has its own clean victims."""
+  acc = {"em_sample": [0.50, 0.55, 0.47], "mi_ue": [0.60, 0.58, 0.66], "em_sample_ref": [0.80, 0.82, 0.79]}
+  clean = {"default": [0.88, 0.89, 0.87], "ref": [0.90, 0.91, 0.92]}
+  mi = {"em_sample": [40.0, 38.0, 41.0], "mi_ue": [50.0, 52.0, 49.0], "em_sample_ref": [70.0, 71.0, 69.0]}
+  runs = []
+  for m in acc:
+    recipe = "ref" if m == "em_sample_ref" else "default"
+    for i, seed in enumerate((0, 1, 2)):
+      runs.append({"method": m, "seed": seed, "victim": "small_cnn", "accuracy": acc[m][i],
+                   "clean_accuracy": clean[recipe][i], "clean_dir": f"clean/{recipe}-{seed}",
+                   "feature_mi": {"gaussian": mi[m][i], "ksg": mi[m][i] / 10}})
+  return runs, acc, clean, mi
+
+
+def test_table_matches_stats_on_synthetic_runs(seeds_mod):
+  runs, acc, clean, mi = _runs()
+  table = seeds_mod.build_table(runs, ["em_sample", "mi_ue", "em_sample_ref", "random"])
+  v = table["victims"]["small_cnn"]
+  assert list(v["methods"]) == ["em_sample", "mi_ue", "em_sample_ref"]  # a method without runs has no row
+  # The clean row: one value per clean directory (both recipes here).
+  assert sorted(v["clean"]["values"]) == sorted(clean["default"] + clean["ref"])
+  for m, row in v["methods"].items():
+    own_clean = clean["ref" if m == "em_sample_ref" else "default"]
+    assert row["clean"]["values"] == own_clean
+    w = stats.welch(acc[m], own_clean)
+    for k in ("diff", "low", "high", "p", "df"):
+      assert row["vs_clean"][k] == pytest.approx(w[k]), (m, k)
+    assert row["vs_clean"]["verdict"] == stats.compare(acc[m], own_clean)
+    assert row["accuracy"]["mean"] == pytest.approx(sum(acc[m]) / 3)
+    assert row["accuracy"]["std"] == pytest.approx(stats.summary(acc[m])["std"])
+    assert row["feature_mi"]["gaussian"]["mean"] == pytest.approx(sum(mi[m]) / 3)
+    if m == "em_sample":
+      assert "vs_baseline" not in row
+    else:
+      wb = stats.welch(acc[m], acc["em_sample"])
+      assert (row["vs_baseline"]["low"], row["vs_baseline"]["high"]) == pytest.approx((wb["low"], wb["high"]))
+  assert v["methods"]["em_sample"]["vs_clean"]["verdict"] == "less"
+  assert v["methods"]["mi_ue"]["vs_baseline"]["verdict"] == "greater"
+  xs = [r["feature_mi"]["ksg"] for r in runs]
+  ys = [r["accuracy"] for r in runs]
+  assert v["pearson"]["ksg"]["r"] == pytest.approx(stats.pearson(xs, ys)["r"])
+  assert v["pearson"]["gaussian"]["n"] == 9
+  assert v["pearson_crafted"]["ksg"]["r"] == pytest.approx(v["pearson"]["ksg"]["r"])  # no control among them
+  assert v["pairs"] == {}  # no mi_ue_fixed runs
+  md = seeds_mod.render_table(table)
+  w = v["methods"]["em_sample"]["vs_clean"]
+  assert f"{100 * w['diff']:+.1f} [{100 * w['low']:+.1f}, {100 * w['high']:+.1f}], lower" in md
+  assert "| none (clean) |" in md and "Pearson r (feature MI ksg" in md
+
+
+def test_pairs_and_the_control(seeds_mod):
+  runs, acc, *_ = _runs()
+  extra = [{**r, "method": "mi_ue_fixed", "accuracy": r["accuracy"] - 0.1} for r in runs if r["method"] == "mi_ue"]
+  extra += [{**r, "method": "random", "accuracy": 0.85, "feature_mi": {"gaussian": 90.0 + r["seed"], "ksg": 9.0}}
+            for r in runs if r["method"] == "mi_ue"]
+  v = seeds_mod.build_table(runs + extra, ["em_sample", "mi_ue", "mi_ue_fixed", "random"])["victims"]["small_cnn"]
+  w = stats.welch(acc["mi_ue"], [a - 0.1 for a in acc["mi_ue"]])
+  assert v["pairs"]["mi_ue - mi_ue_fixed"]["diff"] == pytest.approx(0.1)
+  assert v["pairs"]["mi_ue - mi_ue_fixed"]["low"] == pytest.approx(w["low"])
+  assert v["pearson"]["gaussian"]["n"] == 15 and v["pearson_crafted"]["gaussian"]["n"] == 12
+  crafted = [r for r in runs + extra if r["method"] != "random"]
+  r = stats.pearson([r["feature_mi"]["gaussian"] for r in crafted], [r["accuracy"] for r in crafted])["r"]
+  assert v["pearson_crafted"]["gaussian"]["r"] == pytest.approx(r)
+  assert "MI-UE, reshuffled batches minus MI-UE, fixed batch order: +10.0" in seeds_mod.render_table(
+      {"confidence": 0.95, "baseline": "em_sample", "victims": {"small_cnn": v}})
+
+
+def test_one_seed_has_no_interval(seeds_mod):
+  runs, *_ = _runs()
+  one = [r for r in runs if r["seed"] == 0]
+  v = seeds_mod.build_table(one, ["em_sample", "mi_ue"])["victims"]["small_cnn"]
+  w = v["methods"]["mi_ue"]["vs_clean"]
+  assert w["low"] is None and w["high"] is None and w["verdict"] == "inconclusive"
+  assert v["pearson"]["gaussian"]["r"] is not None  # 3 pairs (em_sample_ref's run counts too)
+  assert "(n < 2)" in seeds_mod.render_table({"confidence": 0.95, "baseline": "em_sample", "victims": {"x": v}})
+
+
+def test_configs(seeds_mod):
+  c = seeds_mod.method_config("mi_ue_fixed", "fashion_mnist_mini", ["victim.epochs=2"], seed=2, eps=0.3,
+                              victim=seeds_mod.parse_victim("resnet18:width=8")[1])
+  assert c.craft.reshuffle == "never" and c.craft.method == "mi_ue"
+  assert c.craft.eps == 0.3
+  assert c.craft.pgd.step_size == pytest.approx(0.0075) and c.craft.pgd.step_size_end == pytest.approx(0.015)
+  assert (c.surrogate.seed, c.victim.seed, c.victim.epochs) == (2, 2, 2)
+  assert c.victim.model == "resnet18" and c.victim.model_kwargs.width == 8
+  assert seeds_mod.method_config("em_sample", "fashion_mnist_mini", eps=0.3).craft.pgd.step_size == pytest.approx(0.03)
+  assert seeds_mod.parse_victim("mlp") == ("mlp", ["victim.model=mlp"])
+
+
+def test_tiny_run_and_resume(seeds_mod, tmp_path, capsys):
+  args = ["--workdir", str(tmp_path), "--seeds", "0,1", "--methods", "random", "--eps", "0.3",
+          "--config.data.train_subset=256", "--config.surrogate.model=mlp", "--config.surrogate.model_kwargs.width=16",
+          "--config.surrogate.batch_size=64", "--config.craft.train_steps=1", "--config.craft.max_iterations=1",
+          "--config.craft.pgd.steps=1", "--config.craft.pgd.batch_size=128", "--config.victim.model=mlp",
+          "--config.victim.model_kwargs.width=16", "--config.victim.epochs=1", "--config.victim.batch_size=64",
+          "--config.evaluate.feature_mi_examples=64", "--config.runtime.progress=false",
+          "--config.export.preview=false"]
+  assert seeds_mod.main(args) == 0
+  out = json.loads((tmp_path / "table.json").read_text())
+  assert len(out["runs"]) == 2 and out["seeds"] == [0, 1]
+  runs = {(r["method"], r["seed"]): r for r in out["runs"]}
+  assert runs[("random", 0)]["clean_dir"] != runs[("random", 1)]["clean_dir"]  # one clean victim per victim seed
+  v = out["table"]["victims"]["mlp"]
+  clean = [runs[("random", s)]["clean_accuracy"] for s in (0, 1)]
+  assert v["clean"]["values"] == clean
+  acc = [runs[("random", s)]["accuracy"] for s in (0, 1)]
+  w = stats.welch(acc, clean)
+  got = v["methods"]["random"]["vs_clean"]
+  for k in ("diff", "low", "high"):
+    assert (got[k] if got[k] is not None else math.copysign(math.inf, w[k])) == pytest.approx(w[k])
+  assert v["pearson"]["ksg"]["r"] is None  # 2 pairs: too few for Pearson
+  assert all(r["feature_mi"]["gaussian"] is not None for r in out["runs"])
+  # Resumed: every record is reused, nothing is crafted or trained again.
+  records = {p.name: p.read_text() for p in (tmp_path / "records").iterdir()}
+  capsys.readouterr()
+  assert seeds_mod.main(args) == 0
+  assert {p.name: p.read_text() for p in (tmp_path / "records").iterdir()} == records
+  assert json.loads((tmp_path / "table.json").read_text())["table"] == out["table"]
