@@ -9,8 +9,9 @@ mutual-information estimates between two feature sets.
 * ``gaussian_mi(x, y)`` -- mutual information (nats) of two paired feature sets under a
   joint Gaussian model, ``0.5 * (log det S_x + log det S_y - log det S_xy)`` (Cover and
   Thomas, *Elements of Information Theory*, 2nd ed., eq. 8.56 / example 8.5.1), with a
-  ridge added to each covariance so that it stays finite when features outnumber
-  examples or are collinear;
+  ridge added to the joint covariance (each variable's share scaled by its block's mean
+  variance; the marginals are the joint's blocks, so the estimate is never negative) so
+  that it stays finite when features outnumber examples or are collinear;
 * ``ksg_mi(x, y, k)`` -- the k-nearest-neighbour estimator of Kraskov, Stoegbauer and
   Grassberger (Phys. Rev. E 69, 066138, 2004; their estimator 1, max-norm in the joint
   space, Euclidean distances in each space), a non-parametric check on the Gaussian one;
@@ -112,19 +113,23 @@ def _features(x, y) -> tuple[jax.Array, jax.Array]:
 
 @jax.jit
 def _gaussian_mi(x, y, ridge):
-  def logdet(z):
-    z = z - z.mean(0)
-    cov = z.T @ z / (z.shape[0] - 1)
-    scale = jnp.trace(cov) / cov.shape[0]
-    cov = cov + ridge * jnp.maximum(scale, 1e-12) * jnp.eye(cov.shape[0])
-    return jnp.linalg.slogdet(cov)[1]
-
-  return 0.5 * (logdet(x) + logdet(y) - logdet(jnp.concatenate([x, y], axis=1)))
+  z = jnp.concatenate([x, y], axis=1)
+  z = z - z.mean(0)
+  cov = z.T @ z / (z.shape[0] - 1)
+  dx = x.shape[1]
+  var = jnp.diagonal(cov)
+  # One regularised joint covariance; the marginals are its diagonal blocks, so that
+  # Fischer's inequality (det S_xy <= det S_x det S_y) keeps the estimate >= 0.
+  scale = jnp.concatenate([jnp.full((dx,), var[:dx].mean()), jnp.full((y.shape[1],), var[dx:].mean())])
+  cov = cov + ridge * jnp.diag(jnp.maximum(scale, 1e-12))
+  logdet = lambda m: jnp.linalg.slogdet(m)[1]  # noqa: E731
+  return 0.5 * (logdet(cov[:dx, :dx]) + logdet(cov[dx:, dx:]) - logdet(cov))
 
 
 def gaussian_mi(x, y, ridge: float = 1e-3) -> float:
   """MI (nats) of paired features ``x`` (N x D) and ``y`` (N x E) under a joint Gaussian
-  model; each covariance gets ``ridge`` times its mean variance on the diagonal."""
+  model; the joint covariance gets ``ridge`` times each block's mean variance on its
+  diagonal, and the marginal covariances are its blocks (so the result is >= 0)."""
   x, y = _features(x, y)
   if ridge < 0:
     raise ValueError(f"ridge: expected >= 0, got {ridge}")

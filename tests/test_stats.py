@@ -53,6 +53,10 @@ def test_gaussian_mi_matches_the_closed_form():
   # more features than examples: finite with a ridge
   x, y, _ = _correlated(50, 80, 0.9)
   assert math.isfinite(stats.gaussian_mi(x, y))
+  # independent sets of very different scales (a per-covariance ridge gave -27 nats here)
+  rng = np.random.default_rng(3)
+  a, b = rng.normal(size=(100, 5)) * 1e-2, rng.normal(size=(100, 5)) * 1e2
+  assert 0 <= stats.gaussian_mi(a.astype(np.float32), b.astype(np.float32), ridge=1e-3) < 0.5
   with pytest.raises(ValueError, match="paired features"):
     stats.gaussian_mi(x, y[:10])
 
