@@ -1,0 +1,175 @@
+"""Certified (q, eta)-learnability of the multi-seed unlearnable-examples victims: every
+victim of an ``experiments/unlearnable_seeds.py`` workdir (clean and poisoned, one victim
+architecture) certified by ``jaxprotect certify``, then compared over the seeds.
+
+  python experiments/certify_seeds.py --source runs/ue_seeds --workdir runs/certify_seeds \\
+      [--methods clean,em_sample,em_class,mi_ue,random] [--seeds 0,1,2] [--victim small_cnn] \\
+      [--num-draws 450] [--sigma 0.05] [--q 0.9] [--confidence 0.99] [--etas 0.001,0.005,0.01,0.05]
+
+Victims: ``<source>/clean/<victim>-seed<k>-*`` (the clean row) and
+``<source>/<method>/seed<k>-<victim>/poisoned``. Each is certified into
+``<workdir>/<method>/seed<k>`` by
+
+  jaxprotect certify --config experiments/certify.py:quick --config.certify.model=VICTIM
+      --config.certify.num_draws=N --config.certify.sigma=SIGMA --config.certify.q=Q
+      --config.certify.confidence=C --workdir <workdir>/<method>/seed<k>
+
+(the reference eta list, ``certify.ETAS``); a directory whose ``results.json`` exists is not
+run again. ``table.md`` and ``table.json`` in ``--workdir`` then give, per method, the
+victim's test accuracy, the mean accuracy of its weight draws and the certified value at
+each of ``--etas`` (mean +- std over seeds; "abstain" where the certificate abstains), and
+the Welch 95% interval (``stats.welch``) of each poison's certified value minus the clean
+victims' at those etas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+METHODS = ("clean", "em_sample", "em_class", "mi_ue", "random")
+LABELS = {"clean": "clean", "em_sample": "EM sample-wise", "em_class": "EM class-wise", "mi_ue": "MI-UE",
+          "random": "uniform random (control)", "pue": "PUE"}
+CONFIDENCE = 0.95
+
+
+def victim_dir(source: pathlib.Path, method: str, seed: int, victim: str) -> pathlib.Path:
+  if method == "clean":
+    found = sorted((source / "clean").glob(f"{victim}-seed{seed}-*"))
+    if len(found) != 1:
+      raise FileNotFoundError(f"expected one clean victim {victim}-seed{seed}-* under {source / 'clean'}, "
+                              f"found {len(found)}")
+    return found[0]
+  return source / method / f"seed{seed}-{victim}" / "poisoned"
+
+
+def certify_one(model: pathlib.Path, workdir: pathlib.Path, args: argparse.Namespace) -> dict[str, Any]:
+  results = workdir / "results.json"
+  if not results.exists():
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [str(REPO / ".venv" / "bin" / "jaxprotect"), "certify", "--config", "experiments/certify.py:quick",
+           f"--config.certify.model={model}", f"--config.certify.num_draws={args.num_draws}",
+           f"--config.certify.sigma={args.sigma}", f"--config.certify.q={args.q}",
+           f"--config.certify.confidence={args.confidence}", "--workdir", str(workdir)]
+    start = time.time()
+    subprocess.run(cmd, cwd=REPO, check=True)
+    print(f"certify_seeds: {workdir} in {time.time() - start:.0f} s", flush=True)
+  return json.loads(results.read_text())
+
+
+def _finite(x: float) -> float | None:
+  return x if math.isfinite(x) else None
+
+
+def _at(result: dict[str, Any], eta: float) -> float | None:
+  for e, v in zip(result["etas"], result["certified"], strict=True):
+    if math.isclose(e, eta):
+      return v
+  raise ValueError(f"eta {eta} is not among the certified etas {result['etas']}")
+
+
+def build_table(results: dict[str, list[dict[str, Any]]], etas: Sequence[float]) -> dict[str, Any]:
+  from jaxprotect import stats
+
+  def summary(values):
+    if any(v is None for v in values):
+      return None
+    s = stats.summary(values)
+    return {**{k: (_finite(v) if isinstance(v, float) else v) for k, v in s.items()}, "values": list(values)}
+
+  rows = {}
+  for method, runs in results.items():
+    rows[method] = {
+        "model_accuracy": summary([r["model_test_accuracy"] for r in runs]),
+        "mean_draw_accuracy": summary([r["mean_accuracy"] for r in runs]),
+        "certified": {str(e): summary([_at(r, e) for r in runs]) for e in etas},
+    }
+  welch = {}
+  clean = results.get("clean")
+  for method, runs in results.items():
+    if method == "clean" or clean is None:
+      continue
+    welch[method] = {}
+    for e in etas:
+      a, b = [_at(r, e) for r in runs], [_at(r, e) for r in clean]
+      if None in a or None in b:
+        welch[method][str(e)] = None
+        continue
+      w = stats.welch(a, b, CONFIDENCE)
+      welch[method][str(e)] = {**{k: (_finite(v) if isinstance(v, float) else v) for k, v in w.items()},
+                               "verdict": stats.compare(a, b, CONFIDENCE)}
+  return {"rows": rows, "welch": welch, "etas": list(etas)}
+
+
+def _pm(s: dict[str, Any] | None) -> str:
+  if s is None:
+    return "abstain"
+  return f"{100 * s['mean']:.1f} +- {100 * s['std']:.1f}"
+
+
+def render(table: dict[str, Any], args: argparse.Namespace) -> str:
+  etas = table["etas"]
+  lines = [f"Certified (q={args.q}, eta)-learnability, N={args.num_draws} draws, sigma={args.sigma}, "
+           f"confidence {args.confidence}; percent, mean +- std over seeds {args.seeds}.", "",
+           "| training set | model acc. | mean draw acc. | " + " | ".join(f"cert. eta={e:g}" for e in etas) + " |",
+           "|---|---|---|" + "---|" * len(etas)]
+  for method, row in table["rows"].items():
+    cells = [_pm(row["model_accuracy"]), _pm(row["mean_draw_accuracy"])]
+    cells += [_pm(row["certified"][str(e)]) for e in etas]
+    lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+  lines += ["", f"Welch {100 * CONFIDENCE:g}% interval of the certified value, poison minus clean (points):", "",
+            "| poison | " + " | ".join(f"eta={e:g}" for e in etas) + " |", "|---|" + "---|" * len(etas)]
+  for method, per_eta in table["welch"].items():
+    cells = []
+    for e in etas:
+      w = per_eta[str(e)]
+      if w is None:
+        cells.append("abstain")
+      else:
+        low = "-inf" if w["low"] is None else f"{100 * w['low']:+.1f}"
+        high = "inf" if w["high"] is None else f"{100 * w['high']:+.1f}"
+        cells.append(f"{100 * w['diff']:+.1f} [{low}, {high}] {w['verdict']}")
+    lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--source", required=True, type=pathlib.Path, help="an experiments/unlearnable_seeds.py workdir")
+  p.add_argument("--workdir", required=True, type=pathlib.Path)
+  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--victim", default="small_cnn")
+  p.add_argument("--num-draws", type=int, default=450)
+  p.add_argument("--sigma", type=float, default=0.05)
+  p.add_argument("--q", type=float, default=0.9)
+  p.add_argument("--confidence", type=float, default=0.99)
+  p.add_argument("--etas", default="0.001,0.005,0.01,0.05", help="the etas of the table (among certify.ETAS)")
+  args = p.parse_args(argv)
+  methods = [m for m in args.methods.split(",") if m]
+  seeds = [int(s) for s in args.seeds.split(",") if s]
+  etas = [float(e) for e in args.etas.split(",") if e]
+  results = {m: [] for m in methods}
+  for seed in seeds:  # seed-major: an interrupted sweep leaves whole seeds
+    for method in methods:
+      model = victim_dir(args.source, method, seed, args.victim)
+      results[method].append(certify_one(model, args.workdir / method / f"seed{seed}", args))
+  table = build_table(results, etas)
+  args.workdir.mkdir(parents=True, exist_ok=True)
+  (args.workdir / "table.json").write_text(json.dumps(table, indent=1))
+  text = render(table, args)
+  (args.workdir / "table.md").write_text(text)
+  print(text)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
