@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -158,10 +157,3 @@ def random_search_recovery(model, variables: dict[str, Any], split: data.HostDat
 def _eval_batch(n: int, mesh) -> int:
   d = parallel.num_shards(mesh)
   return max(d, min(500, -(-n // d) * d) // d * d)
-
-
-def recovery_config() -> ml_collections.ConfigDict:
-  """Defaults of the recovery attack (for experiment files)."""
-  return ml_collections.ConfigDict(dict(fraction=0.2, etas=(0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0),
-                                        epochs=10, batch_size=128, lr=0.01, projection="ball", num_draws=100,
-                                        seed=0))
