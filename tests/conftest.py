@@ -59,3 +59,24 @@ def run_command(command: str, args, workdir, kill_at=None):
   cmd = [sys.executable, "-m", "jaxprotect.cli", command, *args, "--workdir", str(workdir)]
   return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
 
+
+def killed_and_whole_crafts(args, tmp_path):
+  """Crafts with ``poison <args>`` killed at outer iteration 2 and resumed (in ``run``),
+  and uninterrupted in this process (in ``ref``); checks the kill and the resume, and
+  returns the two poisons and the two results.json."""
+  import json  # noqa: PLC0415
+
+  from jaxprotect.cli import main as cli_main  # noqa: PLC0415
+  from jaxprotect.unlearnable import poison_io  # noqa: PLC0415
+
+  killed = run_command("poison", args, tmp_path / "run", kill_at=2)
+  assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
+  assert not (tmp_path / "run" / "poison").exists()
+  resumed = run_command("poison", args, tmp_path / "run")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "4 iterations" in resumed.stdout
+  assert cli_main(["poison", *args, "--workdir", str(tmp_path / "ref")]) == 0
+  poisons = [poison_io.load_poison(tmp_path / d) for d in ("ref", "run")]
+  results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("ref", "run")]
+  return poisons, results
+

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import run_command, synthetic_host
+from conftest import killed_and_whole_crafts, synthetic_host
 from jaxprotect import config as config_lib, data, models, parallel, unlearnable
 from jaxprotect.cli import main as cli_main
 from jaxprotect.data.augment import AugmentConfig, augment_batch
@@ -318,24 +318,10 @@ CRAFT_ARGS = [
 ]
 
 
-def _craft(workdir, kill_at=None):
-  return run_command("poison", CRAFT_ARGS, workdir, kill_at)
-
-
 @pytest.mark.slow
 def test_killed_craft_resumes_to_identical_perturbations(tmp_path):
-  killed = _craft(tmp_path / "run", kill_at=2)
-  assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
-  assert not (tmp_path / "run" / "poison").exists()
-  resumed = _craft(tmp_path / "run")
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "4 iterations" in resumed.stdout
-  # the uninterrupted run, in this process
-  assert cli_main(["poison", *CRAFT_ARGS, "--workdir", str(tmp_path / "ref")]) == 0
-  a = poison_io.load_poison(tmp_path / "ref")
-  b = poison_io.load_poison(tmp_path / "run")
+  (a, b), (ra, rb) = killed_and_whole_crafts(CRAFT_ARGS, tmp_path)
   np.testing.assert_array_equal(a.delta, b.delta)
-  ra, rb = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("ref", "run"))
   assert ra["surrogate_params_sha256"] == rb["surrogate_params_sha256"]
   logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   assert logged == [1, 2, 3, 4]

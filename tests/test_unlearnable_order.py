@@ -11,9 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_command, synthetic_host
+from conftest import killed_and_whole_crafts, synthetic_host
 from jaxprotect import data, models, parallel
-from jaxprotect.cli import main as cli_main
 from jaxprotect.unlearnable import crafting, pgd, poison_io
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -151,27 +150,15 @@ MI_UE_ARGS = [
 ]
 
 
-def _craft(workdir, kill_at=None):
-  return run_command("poison", MI_UE_ARGS, workdir, kill_at)
-
-
 @pytest.mark.slow
 def test_killed_mi_ue_craft_resumes_to_identical_perturbations(tmp_path):
   """MI-UE with its reshuffled passes (200 examples in PGD batches of 64: a partial last
   batch), killed after outer iteration 2 and resumed, crafts bitwise the perturbation and
   surrogate of an uninterrupted run: the pass orders come from the seed and the iteration."""
-  killed = _craft(tmp_path / "run", kill_at=2)
-  assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
-  assert not (tmp_path / "run" / "poison").exists()
-  resumed = _craft(tmp_path / "run")
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "4 iterations" in resumed.stdout
-  assert cli_main(["poison", *MI_UE_ARGS, "--workdir", str(tmp_path / "ref")]) == 0
-  a, b = poison_io.load_poison(tmp_path / "ref"), poison_io.load_poison(tmp_path / "run")
+  (a, b), (ra, rb) = killed_and_whole_crafts(MI_UE_ARGS, tmp_path)
   assert a.manifest["config"]["craft"]["reshuffle"] == "auto" and a.manifest["method"] == "mi_ue"
   np.testing.assert_array_equal(a.delta, b.delta)
   assert np.abs(a.delta).max() > 0  # crafted
-  ra, rb = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("ref", "run"))
   assert ra["surrogate_params_sha256"] == rb["surrogate_params_sha256"]
   logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   assert logged == [1, 2, 3, 4]
