@@ -56,6 +56,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "mi_ue": ("mi_ue.py:{v}", (), "MI-UE, reshuffled batches"),
     "mi_ue_fixed": ("mi_ue.py:{v}", ("craft.reshuffle=never",), "MI-UE, fixed batch order"),
     "random": ("em.py:{v},random", (), "uniform random (control)"),
+    "pue": ("pue.py:{v}", (), "PUE sample-wise"),
 }
 DEFAULT_METHODS = ("em_sample", "em_class", "mi_ue", "mi_ue_fixed", "random")
 BASELINE = "em_sample"

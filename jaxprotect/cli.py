@@ -27,6 +27,8 @@ commands:
             --config.evaluate.poison=POISON_DIR --workdir DIR
   certify   certified (q, eta)-learnability of a trained model: --config experiments/certify.py[:variant]
             --config.certify.model=RUN_DIR --workdir DIR
+  recover   recovery attacks (projected fine-tuning, random search within radius eta) on a trained
+            model: --config experiments/recover.py[:variant] --config.recover.model=RUN_DIR --workdir DIR
   distill   undistillable teachers and knock-off students: distill {teacher,attack,report} ...
 
 Every command takes --help. A run directory holds config.json, metrics.jsonl,
@@ -98,6 +100,7 @@ LAZY_COMMANDS = {
     "poison": "jaxprotect.unlearnable.cli:cmd_poison",
     "evaluate": "jaxprotect.unlearnable.cli:cmd_evaluate",
     "certify": "jaxprotect.unlearnable.cli:cmd_certify",
+    "recover": "jaxprotect.unlearnable.cli:cmd_recover",
     "distill": "jaxprotect.distill.cli:main",
 }
 

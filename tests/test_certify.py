@@ -207,3 +207,59 @@ def test_recovery_attacks(trained):
     recovery.recovery_split(host, 1.0)
   with pytest.raises(ValueError, match="etas: expected radii"):
     recovery.finetune_recovery(model, variables, split, (-1.0,), mesh=mesh)
+
+
+def _recover_config(model_dir, **fields):
+  from jaxprotect.unlearnable import recovery
+
+  c = recovery.recover_config()
+  config_lib.apply_overrides(c, [f"recover.model={model_dir}", "recover.etas=(0.0,0.5)", "recover.finetune.epochs=1",
+                                 "recover.random_search.num_draws=4", "recover.random_search.chunk=4",
+                                 "runtime.progress=false", "runtime.tensorboard=false",
+                                 *(f"{k}={v}" for k, v in fields.items())])
+  return c
+
+
+_KILLED_RECOVER = """
+import sys
+sys.path.insert(0, {here!r})
+from test_certify import _recover_config
+from jaxprotect import parallel
+from jaxprotect.unlearnable import recovery
+recovery.recover(_recover_config({model!r}), {work!r}, parallel.make_mesh(1))
+"""
+
+
+def test_recover_resumes_cell_by_cell_and_refuses_bad_input(trained, tmp_path):
+  from jaxprotect.unlearnable import recovery
+
+  mesh = parallel.make_mesh(1)
+  whole = recovery.recover(_recover_config(trained), tmp_path / "whole", mesh)
+  ft, rs = whole["attacks"]["finetune"], whole["attacks"]["random_search"]
+  assert whole["etas"] == [0.0, 0.5] and (whole["attack_examples"], whole["report_examples"]) == (400, 1600)
+  assert ft["distance"][0] == 0.0 and ft["accuracy"][0] == pytest.approx(whole["before"], abs=1e-6)
+  assert 0 < ft["distance"][1] <= 0.5 + 1e-4
+  assert rs["accuracy"][0] == rs["mean_accuracy"][0] == pytest.approx(whole["before"], abs=1e-6)
+  assert (tmp_path / "whole" / "recovery.png").exists()
+  env = {**os.environ, "JAXPROTECT_KILL_AT": "2", "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
+  script = _KILLED_RECOVER.format(here=str(HERE), model=str(trained), work=str(tmp_path / "killed"))
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == -9, proc.stderr[-2000:]
+  assert not (tmp_path / "killed" / "results.json").exists()
+  resumed = recovery.recover(_recover_config(trained), tmp_path / "killed", mesh)
+  assert resumed["attacks"] == whole["attacks"] and resumed["before"] == whole["before"]
+  steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [1, 2, 3, 4]  # the two finished cells were not run again
+  with pytest.raises(ValueError, match="config hash"):
+    recovery.recover(_recover_config(trained, **{"recover.fraction": 0.3}), tmp_path / "whole", mesh)
+  for fields, match in (({"recover.etas": "(0.1,-1.0)"}, "etas: expected radii"),
+                        ({"recover.attacks": "('finetune','noise')"}, "recover.attacks: expected"),
+                        ({"recover.fraction": 1.0}, "recover.fraction: expected"),
+                        ({"recover.finetune.projection": "cube"}, "recover.finetune.projection"),
+                        ({"recover.random_search.num_draws": 0}, "recover.random_search.num_draws")):
+    with pytest.raises(ValueError, match=match):
+      recovery.recover(_recover_config(trained, **fields), tmp_path / "bad", mesh)
+  with pytest.raises(ValueError, match="holds no finished training run"):
+    recovery.recover(_recover_config(tmp_path / "nothing"), tmp_path / "bad", mesh)
+  assert not (tmp_path / "bad").exists()  # nothing half-written

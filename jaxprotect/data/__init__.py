@@ -30,10 +30,17 @@ def from_config(config, mesh=None) -> DeviceDataset:
   from ``dir``, the first ``train_subset`` training examples when > 0, on ``mesh`` with
   ``layout``. A ConfigDict or a plain dict (a run's ``config.json``)."""
   d = config["data"] if "data" in config else config
+  return to_device(host_from_config(d), mesh, d.get("layout", "replicated"))
+
+
+def host_from_config(config) -> HostDataset:
+  """The host arrays of ``from_config``: dataset ``name`` from ``dir``, the first
+  ``train_subset`` training examples when > 0."""
+  d = config["data"] if "data" in config else config
   host = load_arrays(d["name"], d.get("dir"))
   if d.get("train_subset"):
     host = subset(host, d["train_subset"])
-  return to_device(host, mesh, d.get("layout", "replicated"))
+  return host
 
 
 def load(name: str = DEFAULT_DATASET, data_dir: str | None = None, mesh=None,
@@ -45,5 +52,5 @@ def load(name: str = DEFAULT_DATASET, data_dir: str | None = None, mesh=None,
 __all__ = [
     "ArraySplit", "AugmentConfig", "DEFAULT_DATASET", "DeviceDataset", "DeviceSplit", "HostDataset",
     "abstract_split", "augment_batch", "batch_from", "check_split", "describe", "fingerprint", "from_config",
-    "load", "load_arrays", "split_to_device", "subset", "to_device",
+    "host_from_config", "load", "load_arrays", "split_to_device", "subset", "to_device",
 ]

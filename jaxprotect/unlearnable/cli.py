@@ -6,7 +6,9 @@ whose ``get_config`` returns an ``unlearnable_config()`` (``experiments/em.py``,
   jaxprotect evaluate --config experiments/em.py:fashion_mnist_mini --config.evaluate.poison=DIR --workdir DIR2
 
 ``certify --config experiments/certify.py --config.certify.model=RUN_DIR --workdir DIR``
-evaluates weight draws of a trained model and writes its certified learnability curve.
+evaluates weight draws of a trained model and writes its certified learnability curve;
+``recover --config experiments/recover.py --config.recover.model=RUN_DIR --workdir DIR`` runs the
+recovery attacks (projected fine-tuning, random search) against it.
 
 ``poison --export=png,npz`` (or ``--config.export.png=true``, ``--config.export.npz=true``)
 also writes the protected training set.
@@ -88,3 +90,18 @@ def cmd_certify(argv: Sequence[str]) -> int:
   print(f"results: {fv.workdir}/results.json  plot: {fv.workdir}/certified.png")
   return 0
 
+
+def cmd_recover(argv: Sequence[str]) -> int:
+  fv = parse_config_command(argv, "recover", lambda fv, flags: define_config_flags(
+      fv, flags, "config file[:variant], e.g. experiments/recover.py:reference"))
+  if fv is None:
+    return 2
+  from jaxprotect.unlearnable import recovery
+
+  results = recovery.recover(fv.config, fv.workdir)
+  print(f"model {results['model']}: {100 * results['before']:.2f}% on the {results['report_examples']} report images "
+        f"before the attack ({results['attack_examples']} clean images for the attacker)")
+  for attack, fields in results["attacks"].items():
+    print(f"{attack}: " + ", ".join(f"eta {e:g} {100 * a:.2f}%" for e, a in zip(results["etas"], fields["accuracy"])))
+  print(f"results: {fv.workdir}/results.json  plot: {fv.workdir}/recovery.png")
+  return 0
