@@ -9,6 +9,7 @@ time, loop form, number of compiled variants). Data stay on device; batches are 
 
 from __future__ import annotations
 
+import collections
 import pathlib
 import tempfile
 import time
@@ -26,19 +27,23 @@ from jaxprotect.data.augment import AugmentConfig
 from jaxprotect.unlearnable import crafting, pgd, victims
 
 
+# JAX records this event around every executable it compiles (or reads back from a
+# persistent compilation cache, which the benchmark does not turn on).
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-_compiles = {"n": 0, "s": 0.0, "listening": False}
+_compiles = {"n": 0, "s": 0.0, "names": [], "listening": False}
 
 
 def _count_compiles() -> None:
-  """Accumulates XLA compile count and seconds into ``_compiles`` (once per process)."""
+  """Accumulates XLA compile count, seconds and program names into ``_compiles`` (once per
+  process)."""
   if _compiles["listening"]:
     return
 
-  def on_duration(event: str, duration: float, **_) -> None:
+  def on_duration(event: str, duration: float, fun_name: str | None = None, **_) -> None:
     if event == _COMPILE_EVENT:
       _compiles["n"] += 1
       _compiles["s"] += duration
+      _compiles["names"].append(str(fun_name))
 
   jax.monitoring.register_event_duration_secs_listener(on_duration)
   _compiles["listening"] = True
@@ -246,7 +251,8 @@ class E2ERunner:
                      "stopped_early": craft["stopped_early"],
                      "perturbed_train_accuracy": craft["perturbed_train_accuracy"],
                      "victim_test_accuracy": victim["test_accuracy"]["poisoned"],
-                     "compiles": _compiles["n"] - n0, "compile_s": round(_compiles["s"] - s0, 2)}
+                     "compiles": _compiles["n"] - n0, "compile_s": round(_compiles["s"] - s0, 2),
+                     "compiled_programs": dict(sorted(collections.Counter(_compiles["names"][n0:]).items()))}
     return {"seconds": t2 - t0}
 
   def details(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ numpy/scipy on host values.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -152,17 +153,23 @@ def ksg_mi(x, y, k: int = 3, block: int = 512) -> float:
   if not 1 <= k < n:
     raise ValueError(f"k: expected 1 <= k < N={n}, got {k}")
 
-  @jax.jit
-  def counts(xb, yb, start):
-    dx, dy = _pairwise(xb, x), _pairwise(yb, y)
-    self_mask = jnp.arange(n)[None, :] == (start + jnp.arange(xb.shape[0]))[:, None]
-    dz = jnp.where(self_mask, jnp.inf, jnp.maximum(dx, dy))
-    eps = -jax.lax.top_k(-dz, k)[0][:, -1]  # distance to the k-th neighbour in the joint space
-    nx = jnp.sum((dx < eps[:, None]) & ~self_mask, 1)
-    ny = jnp.sum((dy < eps[:, None]) & ~self_mask, 1)
-    return jnp.sum(digamma(nx + 1.0) + digamma(ny + 1.0))
-
+  x_np, y_np = np.asarray(x), np.asarray(y)
   total = 0.0
-  for start in range(0, n, block):
-    total += float(counts(x[start:start + block], y[start:start + block], start))
+  for start in range(0, n, block):  # host slices: one program per block shape, x and y its arguments
+    total += float(_ksg_counts(x_np[start:start + block], y_np[start:start + block], x, y, np.int32(start), k))
   return float(digamma(float(k)) + digamma(float(n))) - total / n
+
+
+@functools.partial(jax.jit, static_argnums=(5,))
+def _ksg_counts(xb, yb, x, y, start, k: int):
+  """The sum over a block of rows of digamma(n_x + 1) + digamma(n_y + 1) (``ksg_mi``)."""
+  from jax.scipy.special import digamma  # noqa: PLC0415
+
+  n = x.shape[0]
+  dx, dy = _pairwise(xb, x), _pairwise(yb, y)
+  self_mask = jnp.arange(n)[None, :] == (start + jnp.arange(xb.shape[0]))[:, None]
+  dz = jnp.where(self_mask, jnp.inf, jnp.maximum(dx, dy))
+  eps = -jax.lax.top_k(-dz, k)[0][:, -1]  # distance to the k-th neighbour in the joint space
+  nx = jnp.sum((dx < eps[:, None]) & ~self_mask, 1)
+  ny = jnp.sum((dy < eps[:, None]) & ~self_mask, 1)
+  return jnp.sum(digamma(nx + 1.0) + digamma(ny + 1.0))

@@ -18,12 +18,21 @@ Two hooks cover methods that need more than the batch:
   augmentation, with ``aux`` an arbitrary pytree passed to the step or chunk at call time
   (not baked into the compiled program) -- e.g. a black-box teacher that adds its output
   vectors to the batch, so the student's loss sees outputs and never parameters.
+
+Programs are built once per process for equal arguments (``cached``): ``make_train_step``,
+``make_train_chunk``, ``make_eval_fn``, ``make_logits_fn`` and ``init_state`` return the
+same jitted functions for an equal model and the same loss and optimizer objects, and
+``ce_loss`` / ``make_optimizer`` return the same objects for equal settings -- so a second
+run of a phase in the same process (the next seed, a resumed run, a victim after a
+craft) compiles nothing it has compiled before.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -42,8 +51,8 @@ from jaxprotect.data.device import DeviceSplit, batch_from
 from jaxprotect.models.contract import Model, as_model, check_outputs
 
 __all__ = [
-    "LossFn", "Outputs", "TrainState", "WeightNoise", "abstract_state", "ce_loss", "default_loop", "draw_mean",
-    "epoch_indices", "init_state", "make_eval_fn", "make_logits_fn", "make_optimizer", "make_schedule",
+    "LossFn", "Outputs", "TrainState", "WeightNoise", "abstract_state", "cached", "ce_loss", "default_loop",
+    "draw_mean", "epoch_indices", "init_state", "make_eval_fn", "make_logits_fn", "make_optimizer", "make_schedule",
     "make_split_scan", "make_train_chunk", "make_train_step", "map_draws", "perturb_params", "stateful",
     "variables_of",
 ]
@@ -54,6 +63,33 @@ LossFn = Callable[[Outputs, dict[str, jax.Array]], jax.Array]
 
 # Streams derived from the run key: fold_in(rng, stream) then fold_in(., step or epoch).
 _DATA_STREAM, _AUGMENT_STREAM, _DROPOUT_STREAM, _WEIGHT_NOISE_STREAM = 0, 1, 2, 3
+
+# How many built programs ``cached`` keeps (least recently used first out).
+_CACHED_PROGRAMS = 64
+
+
+def cached(build: Callable, model: nn.Module | Model, *args: Any) -> Any:
+  """``build(model, *args)``, built once per process for equal arguments: the same object
+  (e.g. the same jitted functions, with their compiled programs) for every call with an
+  equal model -- its module compared by value, as flax modules are -- and equal ``args``
+  (functions, losses and optimizers compare by identity; ``ce_loss`` and ``make_optimizer``
+  return the same object for equal settings). The ``JAXPROTECT_XLA_CPU_DEFAULTS`` switch,
+  read when the model is traced, is part of the key. The last ``_CACHED_PROGRAMS`` results
+  are kept; with an unhashable argument (a user's module holding arrays) ``build`` runs for
+  this call only."""
+  model = as_model(model)
+  key = (build, model.module, model.train_kwarg, model.negate_train, platform.cpu_defaults_enabled(), *args)
+  try:
+    hash(key)
+  except TypeError:
+    return build(model, *args)
+  return _cached_build(*key)
+
+
+@functools.lru_cache(maxsize=_CACHED_PROGRAMS)
+def _cached_build(build, module, train_kwarg, negate_train, cpu_defaults, *args):
+  del cpu_defaults  # only a key: the ops read the switch when traced
+  return build(Model(module, train_kwarg, negate_train), *args)
 
 
 @flax.struct.dataclass
@@ -85,9 +121,11 @@ def _check_example(example_x: Any) -> None:
   checks.check_floating(example_x, "example_x")
 
 
-def _init_fn(model: Model, optimizer: optax.GradientTransformation, extra: Any):
+def _init_fn(model: Model, optimizer: optax.GradientTransformation):
+  """``init(key, x, extra) -> TrainState`` (``extra`` an argument, so that one program
+  serves every initial ``extra`` of the same shapes)."""
 
-  def init(key, x):
+  def init(key, x, extra):
     with jax.threefry_partitionable(True):  # JAX's default, for the split as always computed
       init_key, run_key = jax.random.split(key)
     variables = model.init(init_key, x, train=False)
@@ -98,10 +136,15 @@ def _init_fn(model: Model, optimizer: optax.GradientTransformation, extra: Any):
         batch_stats=variables.get("batch_stats", {}),
         opt_state=optimizer.init(params),
         rng=run_key,
-        extra=extra if extra is not None else {},
+        extra=extra,
     )
 
   return init
+
+
+def _build_init(model: Model, optimizer: optax.GradientTransformation, mesh: Mesh | None):
+  out_shardings = None if mesh is None else parallel.replicated(mesh)
+  return jax.jit(_init_fn(model, optimizer), out_shardings=out_shardings)
 
 
 def init_state(
@@ -116,15 +159,20 @@ def init_state(
   only its shape and dtype matter), replicated on ``mesh`` (default: the default device).
 
   ``model`` is a zoo model, a user's flax module or a ``models.Model`` (see
-  ``models.contract``); its outputs are checked against the contract first.
+  ``models.contract``); its outputs are checked against the contract first. The program
+  is built once per model, optimizer and mesh (``cached``); ``extra`` (the initial
+  ``state.extra``) is one of its arguments.
   """
   model = as_model(model)
   _check_example(example_x)
   check_outputs(model, example_x)
-  out_shardings = None if mesh is None else parallel.replicated(mesh)
+  init = cached(_build_init, model, optimizer, mesh)
+  extra = {} if extra is None else extra
+  if mesh is not None:  # the program's argument, placed on its mesh wherever its arrays are
+    extra = jax.device_put(extra, parallel.replicated(mesh))
   # platform.fast_init_prng: an init compiles several times faster on XLA:CPU.
   with platform.fast_init_prng():
-    return jax.jit(_init_fn(model, optimizer, extra), out_shardings=out_shardings)(key, example_x)
+    return init(key, example_x, extra)
 
 
 def abstract_state(
@@ -147,7 +195,7 @@ def abstract_state(
   x = jax.ShapeDtypeStruct(np.shape(example_x), example_x.dtype)
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # a raw PRNGKey, as init_state's rng
   with platform.fast_init_prng():
-    shapes = jax.eval_shape(_init_fn(model, optimizer, extra), key, x)
+    shapes = jax.eval_shape(_init_fn(model, optimizer), key, x, {} if extra is None else extra)
   rep = parallel.replicated(mesh)
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
 
@@ -159,7 +207,16 @@ def stateful(loss_fn: Callable) -> Callable:
 
 
 def ce_loss(label_smoothing: float = 0.0) -> LossFn:
-  """The standard per-example cross-entropy loss on the logits."""
+  """The standard per-example cross-entropy loss on the logits: the same function for
+  equal ``label_smoothing`` values (so programs built from it are reused, ``cached``)."""
+  try:
+    return _ce_loss(label_smoothing)
+  except TypeError:  # an unhashable value (an array)
+    return _ce_loss.__wrapped__(label_smoothing)
+
+
+@functools.lru_cache(maxsize=16)
+def _ce_loss(label_smoothing: float) -> LossFn:
 
   def loss_fn(outputs: Outputs, batch: dict[str, jax.Array]) -> jax.Array:
     return losses.cross_entropy(outputs[0], batch["label"], label_smoothing)
@@ -193,8 +250,29 @@ def make_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int, epochs: 
 def make_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int) -> optax.GradientTransformation:
   """SGD (momentum, Nesterov, coupled L2 weight decay as in PyTorch), Adam or AdamW.
 
-  Optional global-norm gradient clipping first (``opt.grad_clip`` > 0).
+  Optional global-norm gradient clipping first (``opt.grad_clip`` > 0). Equal settings
+  (the section's values, ``steps_per_epoch`` and ``epochs``) give the same object, so
+  that programs built from it are reused (``cached``).
   """
+  try:
+    key = (json.dumps(opt.to_dict(), sort_keys=True), repr(steps_per_epoch), repr(epochs))  # repr: type and value
+  except (AttributeError, TypeError, ValueError):  # not a config section of JSON values: build it for this call
+    return _build_optimizer(opt, steps_per_epoch, epochs)
+  optimizer = _OPTIMIZERS.get(key)
+  if optimizer is None:
+    optimizer = _OPTIMIZERS[key] = _build_optimizer(opt, steps_per_epoch, epochs)
+    while len(_OPTIMIZERS) > _CACHED_PROGRAMS:
+      _OPTIMIZERS.popitem(last=False)
+  else:
+    _OPTIMIZERS.move_to_end(key)
+  return optimizer
+
+
+# make_optimizer's built optimizers, by (the section as JSON, steps_per_epoch, epochs).
+_OPTIMIZERS: collections.OrderedDict = collections.OrderedDict()
+
+
+def _build_optimizer(opt: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int) -> optax.GradientTransformation:
   lr = make_schedule(opt, steps_per_epoch, epochs)
   name = opt.get("name", "sgd")
   wd = opt.get("weight_decay", 0.0)
@@ -375,9 +453,13 @@ def make_train_step(
   step).
 
   The result is a ``jax.jit`` function: ``step.lower(abstract_state(...), batch_spec)``
-  compiles it ahead of time.
+  compiles it ahead of time. Equal arguments give the same function (``cached``).
   """
-  model = as_model(model)
+  return cached(_build_train_step, model, loss_fn, optimizer, mesh, bool(donate), batch_fn, weight_noise)
+
+
+def _build_train_step(model: Model, loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh,
+                      donate: bool, batch_fn: Callable | None, weight_noise: WeightNoise | None):
   rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
   step = _step_fn(model, loss_fn, optimizer, weight_noise)
 
@@ -426,7 +508,9 @@ def make_train_chunk(
   gather-augment-step per step from Python (no data leaves the device either way).
   Default: ``default_loop()``. ``batch_fn(aux, batch)`` (optional) transforms each batch
   inside jit; ``aux`` is passed at call time (see the module docstring). ``weight_noise``
-  as in ``make_train_step``.
+  as in ``make_train_step``. The host loop returns its metrics as host (numpy) arrays,
+  stacked on the host: one program per step whatever ``num_steps``. Equal arguments give
+  the same function (``cached``).
   """
   model = as_model(model)
   checks.check_batch_size(batch_size)
@@ -434,6 +518,20 @@ def make_train_chunk(
   loop = loop or default_loop(mesh)
   if loop not in ("scan", "host"):
     raise ValueError(f"loop must be 'scan' or 'host', got {loop!r}")
+  return cached(_build_train_chunk, model, loss_fn, optimizer, mesh, batch_size, augment, bool(donate), loop,
+                batch_fn, weight_noise)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _epoch_rows(rng: jax.Array, step: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+  """``epoch_indices`` of the epoch of ``step``: one program per split size and batch size,
+  shared by every chunk."""
+  return epoch_indices(rng, step // (num_examples // batch_size), num_examples, batch_size)
+
+
+def _build_train_chunk(model: Model, loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh,
+                       batch_size: int, augment: AugmentConfig, donate: bool, loop: str, batch_fn: Callable | None,
+                       weight_noise: WeightNoise | None):
   step = _step_fn(model, loss_fn, optimizer, weight_noise)
   batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
   rep = parallel.replicated(mesh)
@@ -463,22 +561,23 @@ def make_train_chunk(
   # The whole epoch's rows (one program for every chunk length); each step picks its row
   # by the traced ``state.step``, so one step program serves every step. A chunk stays
   # within one epoch, as ``rows_of`` assumes for the scan form.
-  epoch_rows = jax.jit(lambda st, split: epoch_indices(st.rng, st.step // (split.size // batch_size), split.size,
-                                                       batch_size))
-  body_jit = jax.jit(lambda st, split, rows, aux: body(st, split, rows[st.step % rows.shape[0]], aux),
-                     out_shardings=(rep, rep), donate_argnums=donate_args)
+  def host_step(st, split, rows, aux):
+    return body(st, split, rows[st.step % rows.shape[0]], aux)
+
+  body_jit = jax.jit(host_step, out_shardings=(rep, rep), donate_argnums=donate_args)
 
   sync = parallel.sync_each_step(mesh)
 
   def host_chunk(state: TrainState, split: DeviceSplit, num_steps: int, aux: Any = None):
-    rows = epoch_rows(state, split)
+    rows = _epoch_rows(state.rng, state.step, split.size, batch_size)
     metrics = []
     for _ in range(num_steps):
       state, m = body_jit(state, split, rows, aux)
       if sync:
         jax.block_until_ready(m)
       metrics.append(m)
-    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+    # Stacked on the host: a stack on device would be one more program per chunk length.
+    return state, jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(metrics))
 
   host_chunk._cache_size = body_jit._cache_size  # compiled variants, as for the scan form
   return host_chunk
@@ -523,9 +622,17 @@ def make_split_scan(model: nn.Module | Model, mesh: Mesh, batch_size: int,
 def make_eval_fn(model: nn.Module | Model, mesh: Mesh, batch_size: int, num_classes: int):
   """``evaluate(state, split) -> metrics``: loss, accuracy and per-class counts over a
   whole split (no augmentation, no perturbation is applied unless the split has one),
-  as one jitted scan; the last batch is padded and masked."""
-  scan = make_split_scan(model, mesh, batch_size)
+  as one jitted scan; the last batch is padded and masked. Equal arguments give the same
+  function (``cached``)."""
+  model = as_model(model)
+  checks.check_batch_size(batch_size)
+  parallel.check_divisible(batch_size, mesh, "eval batch_size")
   checks.check_positive_int(num_classes, "num_classes", minimum=2)
+  return cached(_build_eval_fn, model, mesh, batch_size, num_classes)
+
+
+def _build_eval_fn(model: Model, mesh: Mesh, batch_size: int, num_classes: int):
+  scan = make_split_scan(model, mesh, batch_size)
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
   def evaluate(state: TrainState, split: DeviceSplit):
@@ -560,8 +667,16 @@ def make_logits_fn(model: nn.Module | Model, mesh: Mesh, batch_size: int):
   evaluation mode, as one jitted scan; the last batch is padded and the padding dropped.
 
   ``variables`` are the model's (``variables_of(state)``, or a loaded teacher's); used for
-  full-pass CMIM centroids and the CMI curve (``jaxprotect.distill``).
+  full-pass CMIM centroids and the CMI curve (``jaxprotect.distill``). Equal arguments give
+  the same function (``cached``).
   """
+  model = as_model(model)
+  checks.check_batch_size(batch_size)
+  parallel.check_divisible(batch_size, mesh, "eval batch_size")
+  return cached(_build_logits_fn, model, mesh, batch_size)
+
+
+def _build_logits_fn(model: Model, mesh: Mesh, batch_size: int):
   scan = make_split_scan(model, mesh, batch_size)
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))

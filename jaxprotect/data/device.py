@@ -90,8 +90,9 @@ class DeviceDataset:
 
   @property
   def example(self) -> jax.Array:
-    """A float32 batch of one training image (unsharded), for model initialisation."""
-    return jnp.zeros((1, *self.train.image_shape), jnp.float32)
+    """A float32 batch of one training image (zeros, unsharded), for model initialisation
+    (placed from the host: no program is compiled to make it)."""
+    return jax.device_put(np.zeros((1, *self.train.image_shape), np.float32))
 
   def batch(self, key: jax.Array, batch_size: int, split: str = "train",
             augment: AugmentConfig | str | None = None) -> dict[str, jax.Array]:

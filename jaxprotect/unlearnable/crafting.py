@@ -224,7 +224,7 @@ def reshuffles(config: ml_collections.ConfigDict, objective: pgd.Objective | Non
 def order_key(seed: int, iteration: int) -> jax.Array:
   """The key of the pass order of outer iteration ``iteration`` (0-based) of a craft seeded
   ``seed`` (``surrogate.seed``), when it reshuffles (``reshuffles``)."""
-  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _ORDER_STREAM), iteration)
+  return _fold_in(_fold_in(jax.random.PRNGKey(seed), np.uint32(_ORDER_STREAM)), np.uint32(iteration))
 
 
 def step_size(config: ml_collections.ConfigDict, iteration: int) -> float:
@@ -281,12 +281,11 @@ def craft(
                      "(return (logits_BxK, features_BxD) from its __call__)")
   # The surrogate's schedule spans all outer iterations (MI-UE: cosine over its epochs).
   optimizer = train.make_optimizer(s.optimizer, train_steps, c.max_iterations)
-  k_model, k_delta, k_subset = jax.random.split(jax.random.PRNGKey(s.seed), 3)
-  k_clean_aug = jax.random.fold_in(jax.random.PRNGKey(s.seed), _CLEAN_AUGMENT_STREAM)
+  k_model, k_delta, k_subset, k_clean_aug = _seed_keys(jax.random.PRNGKey(s.seed))
   shape = (n if c.mode == "sample" else k, *ds.train.image_shape)
   sharding = ds.train.images.sharding if c.mode == "sample" else parallel.replicated(mesh)
   if c.delta_init == "zeros" and c.method != "random":  # the control is always uniform noise
-    delta = jax.jit(lambda: jnp.zeros(shape, jnp.float32), out_shardings=sharding)()
+    delta = jax.jit(_zeros, static_argnums=(0,), out_shardings=sharding)(shape)
   elif c.mode == "sample":
     init = jax.jit(pgd.init_delta, static_argnums=(1, 2), out_shardings=sharding)
     delta = init(k_delta, shape, c.eps, ds.train.images)
@@ -313,7 +312,7 @@ def craft(
   shuffle = reshuffles(config, objective)
   stop_split = None  # the split the stop rule measures (None: the perturbed training set)
   def noise_key(iteration):
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(s.seed), _WEIGHT_NOISE_STREAM), iteration)
+    return _fold_in(_fold_in(jax.random.PRNGKey(s.seed), np.uint32(_WEIGHT_NOISE_STREAM)), np.uint32(iteration))
 
   if c.mode == "sample":
     sample_passes = {robust: pgd.make_samplewise_pass(model, objective, mesh, c.pgd.batch_size, c.pgd.steps,
@@ -364,15 +363,16 @@ def craft(
         remaining -= m
       # Perturbation phase.
       alpha = step_size(config, iteration)
-      delta = perturb(train.variables_of(surrogate), split, jnp.float32(c.eps), jnp.float32(alpha),
-                      jax.random.fold_in(k_clean_aug, iteration), iteration, robust)
+      eps_alpha = jax.device_put((np.float32(c.eps), np.float32(alpha)))  # from the host: no program to make them
+      delta = perturb(train.variables_of(surrogate), split, *eps_alpha, _fold_in(k_clean_aug, np.uint32(iteration)),
+                      iteration, robust)
       iteration += 1
       was_robust = robust
       acc = float(eval_fn(surrogate, ds.train.replace(delta=delta, delta_mode=c.mode))["accuracy"])
       record = {"surrogate_loss": float(np.mean(np.concatenate([m["loss"] for m in ms]))),
                 "surrogate_accuracy": float(np.mean(np.concatenate([m["accuracy"] for m in ms]))),
                 "perturbed_train_accuracy": acc, "step_size": alpha,
-                "delta_linf": float(jnp.max(jnp.abs(delta))) * 255.0}
+                "delta_linf": float(_linf(delta)) * 255.0}
       if stop_split is not None:  # stop_on="subset": the surrogate's accuracy on the perturbed subset
         acc = float(eval_fn(surrogate, stop_split.replace(delta=delta, delta_mode=c.mode))["accuracy"])
         record["subset_accuracy"] = acc
@@ -398,10 +398,40 @@ def craft(
 def _subset_split(split: data.DeviceSplit, positions: jax.Array) -> data.DeviceSplit:
   """The examples of ``split`` at ``positions`` (its images, labels and ids; no perturbation),
   laid out as ``split``'s images are."""
-  take = jax.jit(lambda im, y, i, p: (im[p], y[p], i[p]),
-                 out_shardings=(split.images.sharding, split.labels.sharding, split.ids.sharding))
+  take = jax.jit(_take, out_shardings=(split.images.sharding, split.labels.sharding, split.ids.sharding))
   images, labels, ids = take(split.images, split.labels, split.ids, positions)
   return data.DeviceSplit(images=images, labels=labels, ids=ids)
+
+
+# Module-level functions, jitted where used: one program per shape however many crafts run
+# in the process (a lambda jitted inside ``craft`` would be traced and compiled anew each time).
+
+
+def _take(images, labels, ids, positions):
+  return images[positions], labels[positions], ids[positions]
+
+
+def _zeros(shape):
+  return jnp.zeros(shape, jnp.float32)
+
+
+@jax.jit
+def _seed_keys(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """The model, initial-perturbation and class-subset keys (a 3-way split of the seed's key)
+  and the clean-augmentation stream's key, in one program."""
+  k_model, k_delta, k_subset = jax.random.split(key, 3)
+  return k_model, k_delta, k_subset, jax.random.fold_in(key, _CLEAN_AUGMENT_STREAM)
+
+
+@jax.jit
+def _fold_in(key: jax.Array, data: jax.Array) -> jax.Array:
+  """``jax.random.fold_in`` with ``data`` an argument (uint32): one program for every value."""
+  return jax.random.fold_in(key, data)
+
+
+@jax.jit
+def _linf(delta: jax.Array) -> jax.Array:
+  return jnp.max(jnp.abs(delta))
 
 
 def _finish(config, phase: run.Phase, ds, delta, iteration, done, record, surrogate_digest) -> dict[str, Any]:

@@ -11,6 +11,7 @@ clipping changes it.
 from __future__ import annotations
 
 import fractions
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -101,8 +102,10 @@ def sign_descent(delta: jax.Array, grad: jax.Array, x: jax.Array, eps, alpha) ->
   return project(delta - alpha * jnp.sign(grad), x, eps)
 
 
+@functools.lru_cache(maxsize=None)
 def error_minimizing_objective() -> Objective:
-  """Sum of the per-example cross-entropies (EM noise, Huang et al. 2021)."""
+  """Sum of the per-example cross-entropies (EM noise, Huang et al. 2021); always the same
+  function (so the passes built from it are reused, ``train.cached``)."""
 
   def objective(outputs, batch):
     return jnp.sum(losses.cross_entropy(outputs[0], batch["label"]))
@@ -113,7 +116,16 @@ def error_minimizing_objective() -> Objective:
 
 def mi_ue_objective(temperature: float = 0.1, exclude_self: bool = False, zeta: float = 0.0) -> Objective:
   """The batch mean of ``losses.mi_ue_loss`` on the model's features (MI-UE): intra-class
-  feature collapse. Needs a model that returns ``(logits, features)``."""
+  feature collapse. Needs a model that returns ``(logits, features)``. Equal arguments give
+  the same function (so the passes built from it are reused, ``train.cached``)."""
+  try:
+    return _mi_ue_objective(temperature, exclude_self, zeta)
+  except TypeError:  # an unhashable value (an array)
+    return _mi_ue_objective.__wrapped__(temperature, exclude_self, zeta)
+
+
+@functools.lru_cache(maxsize=16)
+def _mi_ue_objective(temperature, exclude_self, zeta) -> Objective:
 
   def objective(outputs, batch):
     feats = features_of(outputs, "mi_ue_objective")
@@ -245,13 +257,27 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
   ``loop="scan"``: the whole pass is one program, and ``run`` is that ``jax.jit`` function
   (``run.lower(...)`` compiles it ahead of time); ``"host"``: one jitted call per batch,
   dispatched from Python (``run.jitted`` is the per-batch program; the data never leaves
-  the device either way). Default: ``train.default_loop(mesh)`` (host on CPU).
+  the device either way). Default: ``train.default_loop(mesh)`` (host on CPU). Equal
+  arguments give the same function (``train.cached``).
   """
   model = as_model(model)
   loop = loop or train.default_loop(mesh)
   checks.check_positive_int(num_steps, "num_steps")
   checks.check_batch_size(batch_size, "batch_size")
   parallel.check_divisible(batch_size, mesh, "PGD batch_size")
+  if loop not in ("scan", "host"):
+    raise ValueError(f"loop must be 'scan' or 'host', got {loop!r}")
+  unroll = default_unroll(mesh) if unroll is None else bool(unroll)
+  return train.cached(_build_samplewise_pass, model, objective, mesh, batch_size, num_steps, loop, unroll,
+                      weight_noise)
+
+
+# The pass order of the host loops: one program per (examples, batch size, with or without a key).
+_pass_rows = jax.jit(pass_rows, static_argnums=(0, 1))
+
+
+def _build_samplewise_pass(model: Model, objective: Objective, mesh: Mesh, batch_size: int, num_steps: int,
+                           loop: str, unroll: bool, weight_noise: train.WeightNoise | None) -> Callable:
   pgd = make_batch_pgd(model, objective, num_steps, unroll, mesh=mesh, weight_noise=weight_noise)
   rows = NamedSharding(mesh, P(parallel.DATA_AXIS))
 
@@ -268,7 +294,7 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
     new = jnp.where(mask_B[:, None, None, None], new, d)
     return delta.at[pos_B].set(new)
 
-  def check(split, key, eps, alpha, order_key):
+  def check(split, key, eps, alpha):
     if split.delta_mode != "sample":
       raise ValueError("split: the sample-wise pass needs a split with a sample-wise perturbation "
                        f"(delta_mode='sample'), got {split.delta_mode!r}")
@@ -277,13 +303,13 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
     if key is None and split.clean_augment.enabled:
       raise ValueError("key: a split with clean_augment needs a key for the sample-wise pass")
     _check_pass_args(split, eps, alpha)
-    return pass_rows(split.size, batch_size, order_key)
 
   if loop == "scan":
 
     @jax.jit
     def run(variables, split, eps, alpha, key=None, order_key=None, noise_key=None):
-      pos, mask = check(split, key, eps, alpha, order_key)
+      check(split, key, eps, alpha)
+      pos, mask = pass_rows(split.size, batch_size, order_key)
 
       def body(delta, pmr):
         return update(variables, split, delta, *pmr, key, eps, alpha, noise_key), None
@@ -291,19 +317,19 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
       return jax.lax.scan(body, split.delta, (pos, mask, jnp.arange(pos.shape[0], dtype=jnp.int32)))[0]
 
     return run
-  if loop != "host":
-    raise ValueError(f"loop must be 'scan' or 'host', got {loop!r}")
   sync = parallel.sync_each_step(mesh)
   # Row i is selected inside jit (a traced index): one program for every row.
-  update_jit = jax.jit(lambda v, s, d, pos, mask, i, key, eps, alpha, nk: update(v, s, d, pos[i], mask[i], i, key, eps,
-                                                                                   alpha, nk),
-                       donate_argnums=(2,))
+  def samplewise_row(v, s, d, pos, mask, i, key, eps, alpha, nk):
+    return update(v, s, d, pos[i], mask[i], i, key, eps, alpha, nk)
+
+  update_jit = jax.jit(samplewise_row, donate_argnums=(2,))
 
   def run_host(variables, split, eps, alpha, key=None, order_key=None, noise_key=None):
-    pos, mask = check(split, key, eps, alpha, order_key)
+    check(split, key, eps, alpha)
+    pos, mask = _pass_rows(split.size, batch_size, order_key)
     delta = jnp.copy(split.delta)
-    for i in range(pos.shape[0]):
-      delta = update_jit(variables, split, delta, pos, mask, jnp.int32(i), key, eps, alpha, noise_key)
+    for i in range(pos.shape[0]):  # the row as a host scalar: no program to make it
+      delta = update_jit(variables, split, delta, pos, mask, np.int32(i), key, eps, alpha, noise_key)
       if sync:
         jax.block_until_ready(delta)
     return delta
@@ -322,7 +348,8 @@ def make_classwise_pass(model: nn.Module | Model, objective: Objective, mesh: Me
   per example starting from its class's noise; then each class present in the batch
   takes the mean of its examples' perturbations, clipped to ``eps`` (Huang et al.'s
   class-wise rule). Classes absent from a batch keep their noise. ``loop`` as in
-  ``make_samplewise_pass`` (the scan form is itself a ``jax.jit`` function).
+  ``make_samplewise_pass`` (the scan form is itself a ``jax.jit`` function). Equal
+  arguments give the same function (``train.cached``).
   """
   model = as_model(model)
   loop = loop or train.default_loop(mesh)
@@ -330,6 +357,16 @@ def make_classwise_pass(model: nn.Module | Model, objective: Objective, mesh: Me
   checks.check_batch_size(batch_size, "batch_size")
   checks.check_positive_int(num_classes, "num_classes", minimum=2)
   parallel.check_divisible(batch_size, mesh, "PGD batch_size")
+  if loop not in ("scan", "host"):
+    raise ValueError(f"loop must be 'scan' or 'host', got {loop!r}")
+  unroll = default_unroll(mesh) if unroll is None else bool(unroll)
+  return train.cached(_build_classwise_pass, model, objective, mesh, batch_size, num_steps, num_classes, loop,
+                      unroll, weight_noise)
+
+
+def _build_classwise_pass(model: Model, objective: Objective, mesh: Mesh, batch_size: int, num_steps: int,
+                          num_classes: int, loop: str, unroll: bool,
+                          weight_noise: train.WeightNoise | None) -> Callable:
   pgd = make_batch_pgd(model, objective, num_steps, unroll, mesh=mesh, weight_noise=weight_noise)
   rows = NamedSharding(mesh, P(parallel.DATA_AXIS))
 
@@ -362,16 +399,18 @@ def make_classwise_pass(model: nn.Module | Model, objective: Objective, mesh: Me
                           (positions, rows_r))[0]
 
     return run
-  if loop != "host":
-    raise ValueError(f"loop must be 'scan' or 'host', got {loop!r}")
   sync = parallel.sync_each_step(mesh)
-  update_jit = jax.jit(lambda v, s, d, positions, i, eps, alpha, nk: update(v, s, d, positions[i], i, eps, alpha, nk))
+
+  def classwise_row(v, s, d, positions, i, eps, alpha, nk):
+    return update(v, s, d, positions[i], i, eps, alpha, nk)
+
+  update_jit = jax.jit(classwise_row)
 
   def run_host(variables, split, positions, eps, alpha, noise_key=None):
     check(split, positions, eps, alpha)
     delta = split.delta
-    for i in range(positions.shape[0]):
-      delta = update_jit(variables, split, delta, positions, jnp.int32(i), eps, alpha, noise_key)
+    for i in range(positions.shape[0]):  # the row as a host scalar: no program to make it
+      delta = update_jit(variables, split, delta, positions, np.int32(i), eps, alpha, noise_key)
       if sync:
         jax.block_until_ready(delta)
     return delta

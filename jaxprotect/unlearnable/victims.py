@@ -110,6 +110,17 @@ def penultimate_features(model: Any, variables: Any, split: data.DeviceSplit, nu
     raise ValueError(f"num_examples={num_examples} exceeds the {split.size} examples of the split")
   checks.check_batch_size(batch_size)
   parallel.check_divisible(batch_size, mesh, "eval batch_size")
+  batch_features = train.cached(_features_program, model, mesh)
+  out = []
+  for start in range(0, num_examples, batch_size):
+    pos = np.minimum(np.arange(start, start + batch_size), num_examples - 1).astype(np.int32)
+    out.append(np.asarray(jax.device_get(batch_features(variables, split, pos))))  # positions from the host
+  return np.concatenate(out)[:num_examples]
+
+
+def _features_program(model: models.Model, mesh) -> Any:
+  """``batch_features(variables, split, pos_B) -> feats_BxD`` (float32, replicated), one
+  jitted function per model and mesh (``train.cached``)."""
   rows = NamedSharding(mesh, P(parallel.DATA_AXIS))
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
@@ -118,11 +129,7 @@ def penultimate_features(model: Any, variables: Any, split: data.DeviceSplit, nu
     feats = models.features_of(model.apply(variables, x, train=False), "the feature MI diagnostic")
     return jnp.asarray(feats, jnp.float32).reshape(pos_B.shape[0], -1)
 
-  out = []
-  for start in range(0, num_examples, batch_size):
-    pos = np.minimum(np.arange(start, start + batch_size), num_examples - 1).astype(np.int32)
-    out.append(np.asarray(jax.device_get(batch_features(variables, split, jnp.asarray(pos)))))
-  return np.concatenate(out)[:num_examples]
+  return batch_features
 
 
 def feature_mi(model: Any, variables: Any, clean: data.DeviceSplit, poisoned: data.DeviceSplit, num_examples: int,
