@@ -12,8 +12,8 @@ import importlib
 __version__ = "0.1.0"
 
 # Every public subpackage and module, imported on first use.
-__all__ = ["checkpoint", "checks", "cli", "config", "data", "distill", "flags", "losses", "metrics",
-           "models", "ops", "parallel", "platform", "run", "runner", "stats", "train", "unlearnable"]
+__all__ = ["checkpoint", "checks", "cli", "config", "data", "defenses", "distill", "flags", "losses", "metrics",
+           "models", "ops", "parallel", "platform", "privacy", "run", "runner", "stats", "train", "unlearnable"]
 _SUBMODULES = frozenset(__all__)
 
 

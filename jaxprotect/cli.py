@@ -30,6 +30,8 @@ commands:
   recover   recovery attacks (projected fine-tuning, random search within radius eta) on a trained
             model: --config experiments/recover.py[:variant] --config.recover.model=RUN_DIR --workdir DIR
   distill   undistillable teachers and knock-off students: distill {teacher,attack,report} ...
+  condense  dataset condensation (DC, DSA, DM), its evaluation and nearest real images:
+            --config experiments/condense.py[:variant] --workdir DIR
 
 Every command takes --help. A run directory holds config.json, metrics.jsonl,
 checkpoints/ and results.json; re-running the same command resumes it. Compiled programs
@@ -102,6 +104,7 @@ LAZY_COMMANDS = {
     "certify": "jaxprotect.unlearnable.cli:cmd_certify",
     "recover": "jaxprotect.unlearnable.cli:cmd_recover",
     "distill": "jaxprotect.distill.cli:main",
+    "condense": "jaxprotect.privacy.cli:cmd_condense",
 }
 
 

@@ -5,7 +5,8 @@ import ast
 import pathlib
 
 PKG = pathlib.Path(__file__).resolve().parents[1] / "jaxprotect"
-COMMANDS = {"jaxprotect.cli", "jaxprotect.flags", "jaxprotect.unlearnable.cli", "jaxprotect.distill.cli"}
+COMMANDS = {"jaxprotect.cli", "jaxprotect.flags", "jaxprotect.unlearnable.cli", "jaxprotect.distill.cli",
+            "jaxprotect.privacy.cli"}
 
 
 def module_name(path: pathlib.Path) -> str:

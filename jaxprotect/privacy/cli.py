@@ -1,0 +1,31 @@
+"""``jaxprotect condense``: ``--config`` is an experiment file whose ``get_config`` returns a
+``privacy.condensation.condensation_config()`` (``experiments/condense.py``);
+``--config.<section>.<field>=<value>`` overrides a field::
+
+  jaxprotect condense --config experiments/condense.py:fashion_mnist_mini,dm,ipc1 --workdir DIR
+
+condenses the training set, evaluates the synthetic set over the evaluation seeds and
+writes its nearest real images (``results.json``, ``synthetic/``, ``neighbours.json``,
+``closest_pairs.png``); a killed run resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from jaxprotect.flags import define_config_flags, parse_config_command
+
+
+def cmd_condense(argv: Sequence[str]) -> int:
+  fv = parse_config_command(argv, "condense", lambda fv, flags: define_config_flags(
+      fv, flags, "config file[:variant], e.g. experiments/condense.py:fashion_mnist_mini,dm,ipc1"))
+  if fv is None:
+    return 2
+  from jaxprotect.privacy import condensation
+
+  results = condensation.run_condense(fv.config, fv.workdir)
+  print(condensation.report_markdown(results))
+  print(f"synthetic set: {results['synthetic']}")
+  print(f"results: {fv.workdir}/results.json  neighbours: {fv.workdir}/neighbours.json  "
+        f"pairs: {fv.workdir}/closest_pairs.png")
+  return 0
