@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxprotect import config as config_lib, data, models, parallel, run, train
+from jaxprotect import config as config_lib, data, defenses, models, parallel, run, train
 from jaxprotect.data.augment import AugmentConfig
 
 __all__ = [
@@ -32,10 +32,23 @@ def params_digest(params: Any) -> str:
 
 
 def fit_hash(config: ml_collections.ConfigDict, section: str = "train",
-             hash_extra: dict[str, Any] | None = None) -> str:
-  """The config hash ``fit(config, ..., section=section, hash_extra=hash_extra)`` records in
-  its checkpoints and ``results.json``: ``data`` and ``section`` plus the extra values."""
-  return config_lib.phase_hash(config, (*FIT_SECTIONS, section), **(hash_extra or {}))
+             hash_extra: dict[str, Any] | None = None, defense: Any = None) -> str:
+  """The config hash ``fit(config, ..., section=section, hash_extra=hash_extra,
+  defense=defense)`` records in its checkpoints and ``results.json``: ``data`` and
+  ``section`` plus the extra values, and the defense's settings when one is set."""
+  extra = _hash_extra(hash_extra, defenses.from_config(defense))
+  return config_lib.phase_hash(config, (*FIT_SECTIONS, section), **extra)
+
+
+def _hash_extra(hash_extra: dict[str, Any] | None, defense: defenses.Defense) -> dict[str, Any]:
+  """``hash_extra`` with the ``defense`` entry of a set defense (none adds nothing: the hash
+  of an undefended run is what it always was)."""
+  extra = dict(hash_extra or {})
+  if defense.enabled:
+    if "defense" in extra:
+      raise ValueError("hash_extra: 'defense' is the entry of fit's defense argument; use another key")
+    extra["defense"] = defense.record()
+  return extra
 
 
 def fit(
@@ -53,6 +66,7 @@ def fit(
     aux: Any = None,
     eval_model=None,
     return_state: bool = False,
+    defense: Any = None,
 ) -> dict[str, Any] | tuple[dict[str, Any], train.TrainState]:
   """Trains the model of ``config[section]`` (a ``config.model_config()`` section: ``train``,
   ``victim``, ``teacher``, ``student``, ...) on ``config.data``, resuming from ``workdir``
@@ -67,20 +81,35 @@ def fit(
   initial model), ``batch_fn`` and ``aux`` (the batch hook of ``train.make_train_chunk``)
   and ``eval_model`` (a module evaluated with the same variables, default ``model``).
   Everything they depend on must be reflected in the section or in ``hash_extra`` for
-  the config-hash check on resume to mean anything. With ``return_state``, returns
+  the config-hash check on resume to mean anything.
+
+  ``defense`` (``defenses.from_config``: None, a name, a ``defense`` section or a
+  ``defenses.Defense``) trains under a defense against unlearnable examples: a host squeeze
+  of the training images before training, or a training-time one through the engine's
+  state hook (chained after ``batch_fn``) with its loss (MixUp / CutMix: the soft-label
+  loss, UEraser: the max-loss selection over ``loss_fn``). Its settings enter the hash
+  (``hash_extra["defense"]``), ``config.json`` and the results (``"defense"``); with no
+  defense the run is exactly the undefended one. With ``return_state``, returns
   ``(results, final state)``. The run directory is written through ``run.Phase``.
   """
   if section not in config or not isinstance(config[section], ml_collections.ConfigDict):
     raise ValueError(f"section: config has no model section {section!r} (sections: {', '.join(config.keys())})")
+  defense = defenses.from_config(defense)
   mesh = parallel.mesh_from_config(config, mesh)
   ds = dataset or data.from_config(config, mesh)
   c = config[section]
+  if defense.enabled:
+    defense.check_data(ds)
+    ds = defense.prepare(ds)  # a host squeeze: the training images as the defended model sees them
   steps_per_epoch = ds.train.size // c.batch_size
   if steps_per_epoch < 1:
     raise ValueError(f"{section}.batch_size={c.batch_size} exceeds the {ds.train.size} training examples")
   total_steps = steps_per_epoch * c.epochs
   if model is None:
     model = models.from_config(c, ds.num_classes)
+  if defense.enabled:
+    loss_fn = defense.loss_fn(loss_fn, c.label_smoothing)
+    batch_fn = train.chain_batch_fns(batch_fn, defense.batch_fn(model, ds.num_classes))
   optimizer = train.make_optimizer(c.optimizer, steps_per_epoch, c.epochs)
   state = train.init_state(model, optimizer, ds.example, jax.random.PRNGKey(c.seed), mesh,
                            extra=None if callable(extra) else extra)
@@ -97,7 +126,8 @@ def fit(
 
   test_metrics = None
   with run.Phase(workdir, section, config, dataset=ds, total=total_steps, unit="step",
-                 sections=(*FIT_SECTIONS, section), hash_extra=hash_extra) as phase:
+                 sections=(*FIT_SECTIONS, section), hash_extra=_hash_extra(hash_extra, defense),
+                 record={"defense": defense.record()} if defense.enabled else None) as phase:
     state = phase.restore(state)
     step = phase.start(int(state.step))
     while step < total_steps:
@@ -118,8 +148,10 @@ def fit(
 
   if test_metrics is None:  # resumed after the last step: evaluate once more
     test_metrics = jax.device_get(eval_fn(state, ds.test))
+  summary = {"defense": defense.record()} if defense.enabled else {}
   results = phase.finish({
       "dataset": data.describe(ds),
+      **summary,
       "model": c.model,
       "epochs": c.epochs,
       "steps": step,

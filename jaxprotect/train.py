@@ -7,7 +7,7 @@ is whatever the model returns second: penultimate features, or a dict for models
 auxiliary heads) and ``batch`` is a dict with at least ``image`` (float B x H x W x C),
 ``label`` (int B) and ``step`` (the state's step, int32 scalar).
 
-Two hooks cover methods that need more than the batch:
+Three hooks cover methods that need more than the batch:
 
 * a **stateful loss** (wrapped with ``stateful``) is called as
   ``loss_fn(outputs, batch, extra) -> (loss_B, new_extra)`` and its ``new_extra``
@@ -18,6 +18,13 @@ Two hooks cover methods that need more than the batch:
   augmentation, with ``aux`` an arbitrary pytree passed to the step or chunk at call time
   (not baked into the compiled program) -- e.g. a black-box teacher that adds its output
   vectors to the batch, so the student's loss sees outputs and never parameters.
+* a **state hook**: a batch hook marked with ``with_state`` is called as
+  ``batch_fn(aux, batch, state, key)`` with the current train state (before the update) and
+  a per-step key ``fold_in(fold_in(state.rng, BATCH_HOOK_STREAM), state.step)`` -- e.g. a
+  training-time defense (adversarial training attacks the current weights; UEraser keeps the
+  largest-loss copy under them; MixUp / CutMix draw fresh mixes each step). A resumed run
+  draws the same keys. ``chain_batch_fns`` runs several hooks in order. Without a hook the
+  step is the program it always was.
 
 Programs are built once per process for equal arguments (``cached``): ``make_train_step``,
 ``make_train_chunk``, ``make_eval_fn``, ``make_logits_fn`` and ``init_state`` return the
@@ -51,10 +58,10 @@ from jaxprotect.data.device import DeviceSplit, batch_from
 from jaxprotect.models.contract import Model, as_model, check_outputs
 
 __all__ = [
-    "LossFn", "Outputs", "TrainState", "WeightNoise", "abstract_state", "cached", "ce_loss", "default_loop",
-    "draw_mean", "epoch_indices", "init_state", "make_eval_fn", "make_logits_fn", "make_optimizer", "make_schedule",
-    "make_split_scan", "make_train_chunk", "make_train_step", "map_draws", "perturb_params", "stateful",
-    "variables_of",
+    "BATCH_HOOK_STREAM", "LossFn", "Outputs", "TrainState", "WeightNoise", "abstract_state", "cached", "ce_loss",
+    "chain_batch_fns", "default_loop", "draw_mean", "epoch_indices", "init_state", "make_eval_fn", "make_logits_fn",
+    "make_optimizer", "make_schedule", "make_split_scan", "make_train_chunk", "make_train_step", "map_draws",
+    "perturb_params", "stateful", "variables_of", "with_state",
 ]
 
 # (logits_BxK, feats): feats are the model's features, or None for a logits-only model.
@@ -63,6 +70,8 @@ LossFn = Callable[[Outputs, dict[str, jax.Array]], jax.Array]
 
 # Streams derived from the run key: fold_in(rng, stream) then fold_in(., step or epoch).
 _DATA_STREAM, _AUGMENT_STREAM, _DROPOUT_STREAM, _WEIGHT_NOISE_STREAM = 0, 1, 2, 3
+# The stream of the keys given to ``with_state`` batch hooks: fold_in(fold_in(rng, it), step).
+BATCH_HOOK_STREAM = 0x0DEF
 
 # How many built programs ``cached`` keeps (least recently used first out).
 _CACHED_PROGRAMS = 64
@@ -204,6 +213,59 @@ def stateful(loss_fn: Callable) -> Callable:
   """Marks ``loss_fn(outputs, batch, extra) -> (loss_B, new_extra)`` as a stateful loss."""
   loss_fn.uses_extra = True
   return loss_fn
+
+
+def with_state(batch_fn: Callable) -> Callable:
+  """Marks ``batch_fn(aux, batch, state, key) -> batch`` as a batch hook that sees the train
+  state (before the step's update) and a per-step key (``BATCH_HOOK_STREAM``); see the
+  module docstring. Returns ``batch_fn``."""
+  if not callable(batch_fn):
+    raise ValueError(f"batch_fn: expected a function (aux, batch, state, key) -> batch, got "
+                     f"{type(batch_fn).__name__}")
+  batch_fn.uses_state = True
+  return batch_fn
+
+
+def chain_batch_fns(*batch_fns: Callable | None) -> Callable | None:
+  """One batch hook running ``batch_fns`` in order (``None`` entries skipped): plain hooks
+  get ``(aux, batch)``, ``with_state`` hooks ``(aux, batch, state, key)``, the first of them
+  the step's hook key itself and the i-th (i >= 1) ``fold_in(key, i)``. A single hook is
+  returned as it is (so its programs are shared with runs that use it alone); the same hooks
+  give the same chained function (``cached``)."""
+  fns = tuple(f for f in batch_fns if f is not None)
+  for f in fns:
+    if not callable(f):
+      raise ValueError(f"batch_fns: expected functions or None, got {type(f).__name__}")
+  if len(fns) <= 1:
+    return fns[0] if fns else None
+  return _chained(fns)
+
+
+@functools.lru_cache(maxsize=_CACHED_PROGRAMS)
+def _chained(fns: tuple[Callable, ...]) -> Callable:
+  stateful_fns = any(getattr(f, "uses_state", False) for f in fns)
+
+  def chained(aux, batch, state=None, key=None):
+    i = 0
+    for f in fns:
+      if getattr(f, "uses_state", False):
+        batch = f(aux, batch, state, key if i == 0 else jax.random.fold_in(key, i))
+        i += 1
+      else:
+        batch = f(aux, batch)
+    return batch
+
+  return with_state(chained) if stateful_fns else chained
+
+
+def _apply_batch_fn(batch_fn: Callable | None, aux: Any, batch: dict[str, jax.Array], state: TrainState):
+  """``batch`` through the batch hook (plain, or ``with_state`` with the step's hook key)."""
+  if batch_fn is None:
+    return batch
+  if getattr(batch_fn, "uses_state", False):
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, BATCH_HOOK_STREAM), state.step)
+    return batch_fn(aux, batch, state, key)
+  return batch_fn(aux, batch)
 
 
 def ce_loss(label_smoothing: float = 0.0) -> LossFn:
@@ -447,8 +509,9 @@ def make_train_step(
   ``B``); it is split along the mesh's ``data`` axis (a batch placed otherwise, e.g.
   replicated or a host array, is resharded inside the step). The state is replicated and
   donated; ``loss_fn(outputs, batch) -> loss_B`` gets ``outputs = (logits_BxK, feats)``
-  (``feats`` None for a logits-only model). ``batch_fn(aux, batch)`` (optional) runs
-  first. ``metrics``: batch ``loss`` and ``accuracy``. ``weight_noise`` (optional): train
+  (``feats`` None for a logits-only model). ``batch_fn(aux, batch)`` (optional; or
+  ``batch_fn(aux, batch, state, key)`` when marked ``with_state``) runs first.
+  ``metrics``: batch ``loss`` and ``accuracy`` (of the batch as the hook left it). ``weight_noise`` (optional): train
   under random weight perturbations (``WeightNoise``; keys from the state's run key and
   step).
 
@@ -466,7 +529,7 @@ def _build_train_step(model: Model, loss_fn: LossFn, optimizer: optax.GradientTr
   def train_step(state, batch, aux=None):
     state = jax.lax.with_sharding_constraint(state, rep)
     batch = jax.lax.with_sharding_constraint(batch, dat)
-    return step(state, batch_fn(aux, batch) if batch_fn is not None else batch)
+    return step(state, _apply_batch_fn(batch_fn, aux, batch, state))
 
   return jax.jit(train_step, out_shardings=(rep, rep), donate_argnums=(0,) if donate else ())
 
@@ -507,7 +570,8 @@ def make_train_chunk(
   each distinct value compiles once); ``loop="host"`` dispatches one jitted
   gather-augment-step per step from Python (no data leaves the device either way).
   Default: ``default_loop()``. ``batch_fn(aux, batch)`` (optional) transforms each batch
-  inside jit; ``aux`` is passed at call time (see the module docstring). ``weight_noise``
+  inside jit; ``aux`` is passed at call time; a ``with_state`` hook also gets the state and
+  the step's hook key (see the module docstring). ``weight_noise``
   as in ``make_train_step``. The host loop returns its metrics as host (numpy) arrays,
   stacked on the host: one program per step whatever ``num_steps``. Equal arguments give
   the same function (``cached``).
@@ -546,9 +610,7 @@ def _build_train_chunk(model: Model, loss_fn: LossFn, optimizer: optax.GradientT
     idx_B = jax.lax.with_sharding_constraint(idx_B, batch_sharding)
     aug_key = jax.random.fold_in(jax.random.fold_in(st.rng, _AUGMENT_STREAM), st.step)
     batch = batch_from(split, aug_key, idx_B, augment)
-    if batch_fn is not None:
-      batch = batch_fn(aux, batch)
-    return step(st, batch)
+    return step(st, _apply_batch_fn(batch_fn, aux, batch, st))
 
   if loop == "scan":
 

@@ -13,19 +13,19 @@ nothing updated) during the attack.
 ``pgd_attack`` is the inner maximisation: ``steps`` sign-ascent steps of the summed
 cross-entropy, each followed by the projection onto ``[x - eps, x + eps] n [0, 1]``.
 
-The engine hook. ``train.make_train_step`` offers ``batch_fn(aux, batch)``, which sees no
-training state and no per-step key, so neither the current parameters (adversarial
-training) nor fresh randomness (MixUp, CutMix, UEraser) reach it.
-``make_defended_train_step`` is therefore the train step of ``train.make_train_step``
-(called inside this step's ``jit``, so the update is the engine's) preceded by a
-*transform* ``transform(key, state, batch) -> batch`` that gets the state and a key folded
-from the run key and the step (``fold_in(fold_in(state.rng, DEFENSE_STREAM), state.step)``,
-a stream the engine does not use): ``adversarial_transform`` here, ``mix_transform``,
-``ueraser_transform`` and ``as_transform`` in ``defenses.augment``.
+The engine hook. A training-time defense is a *transform* ``transform(key, state, batch) ->
+batch`` that sees the train state and a fresh key every step: ``adversarial_transform``
+here, ``mix_transform``, ``ueraser_transform`` and ``as_transform`` in ``defenses.augment``.
+``as_hook(transform)`` makes it the engine's state hook (``train.with_state``), which
+``train.make_train_step``, ``train.make_train_chunk`` and ``runner.fit`` call inside the
+jitted step with ``key = fold_in(fold_in(state.rng, DEFENSE_STREAM), state.step)``
+(``DEFENSE_STREAM`` is ``train.BATCH_HOOK_STREAM``, a stream the engine uses for nothing
+else). ``make_defended_train_step`` is ``train.make_train_step`` with that hook.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -36,15 +36,14 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from jaxprotect import checks, losses, parallel, platform, train
+from jaxprotect import checks, losses, platform, train
 from jaxprotect.models.contract import Model, as_model
 
-__all__ = ["DEFENSE_STREAM", "adversarial_transform", "check_attack", "make_adversarial_train_step",
+__all__ = ["DEFENSE_STREAM", "adversarial_transform", "as_hook", "check_attack", "make_adversarial_train_step",
            "make_defended_train_step", "pgd_attack"]
 
 # The run-key stream of defense transforms: fold_in(fold_in(state.rng, DEFENSE_STREAM), step).
-# (train.py uses streams 0-3.)
-DEFENSE_STREAM = 0x0DEF
+DEFENSE_STREAM = train.BATCH_HOOK_STREAM
 
 
 def check_attack(eps: Any, steps: Any, step_size: Any = None) -> tuple[float, int, float]:
@@ -113,6 +112,24 @@ def adversarial_transform(model: nn.Module | Model, eps: float, steps: int = 10,
   return transform
 
 
+def as_hook(transform: Callable) -> Callable:
+  """The engine's state hook (``train.with_state``) ``hook(aux, batch, state, key)`` that
+  returns ``transform(key, state, batch)``; the same function for the same transform (so
+  programs built with it are reused, ``train.cached``)."""
+  if not callable(transform):
+    raise ValueError(f"transform: expected a function (key, state, batch) -> batch, got {type(transform).__name__}")
+  return _hook(transform)
+
+
+@functools.lru_cache(maxsize=64)
+def _hook(transform: Callable) -> Callable:
+  def hook(aux, batch, state, key):
+    del aux
+    return transform(key, state, batch)
+
+  return train.with_state(hook)
+
+
 def make_defended_train_step(
     model: nn.Module | Model,
     loss_fn: train.LossFn,
@@ -124,30 +141,17 @@ def make_defended_train_step(
     weight_noise: train.WeightNoise | None = None,
 ) -> Callable[..., tuple[train.TrainState, dict[str, jax.Array]]]:
   """The jitted step ``step(state, batch, aux=None) -> (state, metrics)`` of
-  ``train.make_train_step`` on ``transform(key, state, batch)`` instead of ``batch``.
-
-  ``batch_fn(aux, batch)`` (optional) runs first, then the transform with
-  ``key = fold_in(fold_in(state.rng, DEFENSE_STREAM), state.step)`` (a resumed run
-  draws the same keys), then the engine's step (``loss_fn``, ``weight_noise`` as there).
-  Shardings as in ``make_train_step``: the state replicated and donated (``donate``), the
-  batch split along ``data``. ``metrics`` are those of the transformed batch (e.g. the
-  robust training accuracy under ``adversarial_transform``).
+  ``train.make_train_step`` on ``transform(key, state, batch)`` instead of ``batch``: the
+  engine's step with the hooks ``batch_fn`` (optional, first) and ``as_hook(transform)``
+  chained (``train.chain_batch_fns``), so ``key = fold_in(fold_in(state.rng,
+  DEFENSE_STREAM), state.step)`` (a resumed run draws the same keys). ``loss_fn``,
+  ``weight_noise``, ``donate`` and the shardings as in ``make_train_step``. ``metrics`` are
+  those of the transformed batch (e.g. the robust training accuracy under
+  ``adversarial_transform``).
   """
-  model = as_model(model)
-  if not callable(transform):
-    raise ValueError(f"transform: expected a function (key, state, batch) -> batch, got {type(transform).__name__}")
-  inner = train.make_train_step(model, loss_fn, optimizer, mesh, donate=False, weight_noise=weight_noise)
-  rep, dat = parallel.replicated(mesh), parallel.data_sharded(mesh)
-
-  def step(state, batch, aux=None):
-    state = jax.lax.with_sharding_constraint(state, rep)
-    batch = jax.lax.with_sharding_constraint(batch, dat)
-    if batch_fn is not None:
-      batch = batch_fn(aux, batch)
-    key = jax.random.fold_in(jax.random.fold_in(state.rng, DEFENSE_STREAM), state.step)
-    return inner(state, transform(key, state, batch))
-
-  return jax.jit(step, out_shardings=(rep, rep), donate_argnums=(0,) if donate else ())
+  hook = train.chain_batch_fns(batch_fn, as_hook(transform))
+  return train.make_train_step(model, loss_fn, optimizer, mesh, donate=donate, batch_fn=hook,
+                               weight_noise=weight_noise)
 
 
 def make_adversarial_train_step(

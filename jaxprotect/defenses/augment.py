@@ -48,8 +48,9 @@ brightness adds ``factor - 1`` instead); geometric operations turn about the ima
 sample the nearest pixel and fill with 0; equalize follows PIL's lookup table per channel.
 
 The engine hook: a *transform* ``transform(key, state, batch) -> batch`` (``mix_transform``,
-``ueraser_transform``, ``as_transform``) is run inside the jitted step by
-``defenses.make_defended_train_step`` with a key folded from the run key and step.
+``ueraser_transform``, ``as_transform``) is run inside the jitted step through the engine's
+state hook (``defenses.as_hook``, ``train.with_state``) with a key folded from the run key
+and step; ``defenses.Defense`` picks one by name.
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ def cutmix(key: jax.Array, images_BxHxWxC: jax.Array, labels_B: jax.Array, num_c
 
 
 def mix_transform(method: str, num_classes: int, alpha: float = 1.0) -> Callable:
-  """``transform(key, state, batch) -> batch`` for ``make_defended_train_step``: the batch's
+  """``transform(key, state, batch) -> batch`` for the engine's state hook (``as_hook``): the batch's
   images mixed by ``method`` (``"mixup"`` or ``"cutmix"``) and its soft labels as
   ``batch["soft_label"]`` (train with ``soft_label_loss()``; ``batch["label"]`` stays, for
   the accuracy metric)."""
@@ -620,7 +621,7 @@ def max_loss_select(losses_KxB: jax.Array, images_KxB: jax.Array) -> tuple[jax.A
 
 
 def ueraser_transform(copies: int = 5, config: UEraserConfig = UEraserConfig()) -> Callable:
-  """``transform(key, state, batch) -> batch`` for ``make_defended_train_step``: the batch
+  """``transform(key, state, batch) -> batch`` for the engine's state hook (``as_hook``): the batch
   repeated ``copies`` times (copy-major: row ``k B + b`` is copy ``k`` of example ``b``), each
   row an independent UEraser view. Train with ``ueraser_loss(copies)`` so that every example
   counts once, through its largest-loss copy; with ``copies=1`` it is UEraser-Lite."""

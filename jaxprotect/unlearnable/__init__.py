@@ -8,13 +8,15 @@ sections: ``data``, ``surrogate``, ``craft``, ``victim``, ``evaluate``, ``export
 machinery for other methods to reuse. ``certify_learnability`` turns the accuracies of
 weight draws into the certified (q, eta)-learnability; ``certify.certify(config, workdir)``
 draws and evaluates them for a trained model (``certify_config()``); ``recovery`` holds
-the recovery attack.
+the recovery attack; ``baselines`` the surrogate-free poisons (AR, LSP, OPS) that
+``craft`` also writes (``craft.method``), and ``evaluate`` trains its poisoned victim under
+the ``defense`` section's defense (``jaxprotect.defenses``).
 """
 
-from jaxprotect.unlearnable import certify, pgd, poison_io, recovery
+from jaxprotect.unlearnable import baselines, certify, pgd, poison_io, recovery
 from jaxprotect.unlearnable.certify import certify_config, certify_learnability
 from jaxprotect.unlearnable.crafting import craft, unlearnable_config
 from jaxprotect.unlearnable.victims import evaluate
 
-__all__ = ["certify", "certify_config", "certify_learnability", "craft", "evaluate", "pgd", "poison_io", "recovery",
-           "unlearnable_config"]
+__all__ = ["baselines", "certify", "certify_config", "certify_learnability", "craft", "evaluate", "pgd", "poison_io",
+           "recovery", "unlearnable_config"]

@@ -6,9 +6,11 @@ images. Every generator returns a perturbation in the representation of crafted 
 x C`` for mode ``"sample"`` (row i perturbs training example i) or ``K x H x W x C`` for
 ``"class"`` (row k perturbs every example of class k); sample-wise perturbations are
 clipped to the [0, 1] box of their uint8 images exactly (``pgd.box_bounds_u8``), so no later
-clipping changes them. ``save_baseline`` writes one to a poison directory with its
-manifest, which ``poison_io.load_poison`` and ``poison_io.apply`` read like any crafted
-poison.
+clipping changes them. ``generate`` makes one for a dataset, ``save_baseline`` writes it to
+a poison directory with its manifest, which ``poison_io.load_poison`` and
+``poison_io.apply`` read like any crafted poison; ``jaxprotect poison`` writes them too
+(``craft.method`` ``ar``, ``lsp`` or ``ops``, settings in the ``baseline`` section; see
+``unlearnable.crafting``).
 
 * **AR** (Sandoval-Segura, Singla, Geiping, Goldblum, Goldstein & Jacobs, "Autoregressive
   Perturbations for Data Poisoning", NeurIPS 2022). Each class has an AR process: per
@@ -69,7 +71,7 @@ from jaxprotect import checks, data, parallel
 from jaxprotect.unlearnable import pgd, poison_io
 
 __all__ = [
-    "BASELINES", "LSP_LINF", "ar_coefficients", "ar_filter_response", "ar_noise", "ar_perturbation",
+    "BASELINES", "LSP_LINF", "ar_coefficients", "ar_filter_response", "ar_noise", "ar_perturbation", "generate",
     "lsp_perturbation", "ops_perturbation", "ops_search", "save_baseline",
 ]
 
@@ -420,19 +422,14 @@ def ops_perturbation(images_u8: Any, labels_N: Any, num_classes: int, positions:
 # ---------------------------------------------------------------- poison directories
 
 
-def save_baseline(directory: os.PathLike | str, name: str, ds: data.DeviceDataset, *, seed: int = 0,
-                  mode: str | None = None, preview: bool = False, **kwargs: Any) -> dict[str, Any] | None:
-  """Generates baseline ``name`` (``"ar"``, ``"lsp"``, ``"ops"``) for the training split of
-  ``ds`` and writes it as a poison directory (``poison_io.save_poison``); returns the
-  manifest (None on processes other than the first). ``mode``: ``"sample"`` (default) or
-  ``"class"`` (AR, LSP). ``kwargs`` go to the generator (``eps``, ``crop``,
-  ``coefficients``, ``min_response``, ... for AR; ``eps``, ``patch_size``, ``class_sep``
-  for LSP; ``positions``, ``colours`` for OPS). Keys come from ``seed``. The manifest's
-  ``craft`` section records the method, mode, budget (``eps`` and ``norm``), seed and
-  settings; its stats the AR coefficients or the OPS pixels and colours. ``preview``:
-  also ``preview.png`` (``poison_io.save_preview``, the perturbation scaled by its largest
-  value).
-  """
+def generate(name: str, ds: data.DeviceDataset, *, seed: int = 0, mode: str | None = None,
+             **kwargs: Any) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+  """Baseline ``name`` (``"ar"``, ``"lsp"``, ``"ops"``) for the training split of ``ds``:
+  ``(delta, craft, stats)`` -- the perturbation (host float32), the record of how it was
+  made (method, mode, budget ``eps`` and ``norm``, seed and settings: the ``craft`` section
+  of its manifest) and its statistics (the AR coefficients or the OPS pixels and colours,
+  the largest absolute value). Arguments as ``save_baseline``; every process calls it when
+  the split spans processes (its images are gathered to the host)."""
   if name not in BASELINES:
     raise ValueError(f"name: expected one of {BASELINES}, got {name!r}")
   mode = _check_mode("sample" if mode is None else mode, ("sample",) if name == "ops" else ("sample", "class"))
@@ -470,10 +467,33 @@ def save_baseline(directory: os.PathLike | str, name: str, ds: data.DeviceDatase
     stats.update(positions=np.asarray(positions).tolist(), colours=np.asarray(colours).tolist())
     eps, settings, norm = None, {"pixels": 1}, "l0"
   stats["max_abs"] = float(np.abs(delta).max())
+  craft = {"method": name, "mode": mode, "eps": None if eps is None else float(eps), "norm": norm, "seed": seed,
+           **settings}
+  return np.asarray(delta, np.float32), craft, stats
+
+
+def save_baseline(directory: os.PathLike | str, name: str, ds: data.DeviceDataset, *, seed: int = 0,
+                  mode: str | None = None, preview: bool = False, config: dict[str, Any] | None = None,
+                  **kwargs: Any) -> dict[str, Any] | None:
+  """Generates baseline ``name`` (``"ar"``, ``"lsp"``, ``"ops"``) for the training split of
+  ``ds`` and writes it as a poison directory (``poison_io.save_poison``); returns the
+  manifest (None on processes other than the first). ``mode``: ``"sample"`` (default) or
+  ``"class"`` (AR, LSP). ``kwargs`` go to the generator (``eps``, ``crop``,
+  ``coefficients``, ``min_response``, ... for AR; ``eps``, ``patch_size``, ``class_sep``
+  for LSP; ``positions``, ``colours`` for OPS). Keys come from ``seed``. The manifest's
+  ``craft`` section records the method, mode, budget (``eps`` and ``norm``), seed and
+  settings (``generate``); ``config`` adds more sections to the recorded config (e.g. the
+  ``data`` section); its stats the AR coefficients or the OPS pixels and colours.
+  ``preview``: also ``preview.png`` (``poison_io.save_preview``, the perturbation scaled by
+  its largest value).
+  """
+  if config is not None and (not isinstance(config, dict) or "craft" in config):
+    raise ValueError("config: expected a dict of config sections other than 'craft' (the baseline's own record)")
+  delta, craft, stats = generate(name, ds, seed=seed, mode=mode, **kwargs)
   if not parallel.is_main_process():
     return None
-  craft = {"method": name, "mode": mode, "eps": eps, "norm": norm, "seed": seed, **settings}
-  manifest = poison_io.save_poison(directory, delta, mode, ds, config={"craft": craft}, stats=stats)
+  manifest = poison_io.save_poison(directory, delta, craft["mode"], ds, config={**(config or {}), "craft": craft},
+                                   stats=stats)
   if preview and stats["max_abs"] > 0:
-    poison_io.save_preview(os.path.join(directory, "preview.png"), ds, delta, mode, stats["max_abs"])
+    poison_io.save_preview(os.path.join(directory, "preview.png"), ds, delta, craft["mode"], stats["max_abs"])
   return manifest

@@ -3,12 +3,18 @@ whose ``get_config`` returns an ``unlearnable_config()`` (``experiments/em.py``,
 ``experiments/mi_ue.py``), ``--config.<section>.<field>=<value>`` overrides a field::
 
   jaxprotect poison   --config experiments/em.py:fashion_mnist_mini --config.craft.eps=0.1 --workdir DIR
+  jaxprotect poison   --config experiments/em.py:fashion_mnist_mini --config.craft.method=ops --workdir DIR
   jaxprotect evaluate --config experiments/em.py:fashion_mnist_mini --config.evaluate.poison=DIR --workdir DIR2
 
 ``certify --config experiments/certify.py --config.certify.model=RUN_DIR --workdir DIR``
 evaluates weight draws of a trained model and writes its certified learnability curve;
 ``recover --config experiments/recover.py --config.recover.model=RUN_DIR --workdir DIR`` runs the
 recovery attacks (projected fine-tuning, random search) against it.
+
+``craft.method`` ``ar``, ``lsp`` or ``ops`` writes a surrogate-free baseline poison through the
+same directory and manifest; ``evaluate --config.defense.name=jpeg`` (or ``at``, ``cutout``,
+``cutmix``, ``mixup``, ``ueraser``, ``bits``, ``grayscale``, ``blur``) trains the poisoned
+victim under a defense.
 
 ``poison --export=png,npz`` (or ``--config.export.png=true``, ``--config.export.npz=true``)
 also writes the protected training set.
@@ -45,9 +51,11 @@ def cmd_poison(argv: Sequence[str]) -> int:
   mesh = parallel.mesh_from_config(config)
   ds = data.from_config(config, mesh)
   results = crafting.craft(config, fv.workdir, mesh, ds)
-  head = f"{results['method']} {results['mode']}-wise, eps {255 * results['eps']:.1f}/255"
-  if results["perturbed_train_accuracy"] is None:  # method "random": nothing crafted
+  head = f"{results['method']} {results['mode']}-wise, {poison_io.budget(results['eps'], results.get('norm'))}"
+  if results["method"] == "random":  # nothing crafted
     print(f"{head}: uniform noise, no crafting")
+  elif results["perturbed_train_accuracy"] is None:  # a surrogate-free baseline (ar, lsp, ops)
+    print(f"{head}: surrogate-free baseline, no crafting")
   else:
     print(f"{head}: {results['iterations']} iterations, surrogate accuracy on the perturbed set "
           f"{100 * results['perturbed_train_accuracy']:.2f}%")

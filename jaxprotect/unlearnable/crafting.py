@@ -1,5 +1,11 @@
 """The min-min crafting loop (EM sample-wise / class-wise, MI-UE), resumable after a kill.
 
+``craft`` also writes the poisons that need no loop through the same run directory, poison
+directory and manifest: ``random`` (uniform noise, the papers' control) and the
+surrogate-free baselines ``ar``, ``lsp`` and ``ops`` (``unlearnable.baselines``; AR and LSP
+sample- or class-wise, OPS sample-wise; their settings in the ``baseline`` section, whose
+L2 budgets replace ``craft.eps``; keys from ``surrogate.seed``).
+
 An outer iteration alternates a surrogate *training* phase on the currently perturbed
 training set and a *perturbation* phase descending the method's objective; the loop
 stops when the surrogate's error on the perturbed set (``craft.stop_on``: the whole
@@ -28,24 +34,26 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from jaxprotect import config as config_lib, data, models, parallel, run, runner, train
+from jaxprotect import config as config_lib, data, defenses, models, parallel, run, runner, train
 from jaxprotect.data.augment import AugmentConfig
-from jaxprotect.unlearnable import pgd, poison_io
+from jaxprotect.unlearnable import baselines, pgd, poison_io
 
 __all__ = [
-    "CRAFTING_SECTIONS", "DELTA_INITS", "METHODS", "MODES", "RESHUFFLE", "STOP_ON", "classwise_positions", "craft",
+    "CRAFTING_SECTIONS", "DELTA_INITS", "METHODS", "MODES", "RESHUFFLE", "STOP_ON", "baseline_kwargs",
+    "classwise_positions", "craft",
     "crafting_hash", "crafting_sections", "objective_of", "order_key", "reshuffles", "step_size",
     "unlearnable_config", "validate",
 ]
 
-METHODS = ("em", "mi_ue", "pue", "random")  # "random": uniform noise, the papers' control
+# "random": uniform noise, the papers' control; "ar", "lsp", "ops": the surrogate-free baselines.
+METHODS = ("em", "mi_ue", "pue", "random", *baselines.BASELINES)
 MODES = ("sample", "class")
 DELTA_INITS = ("uniform", "zeros")
 # craft.reshuffle: a new pass order per outer iteration for batch-coupled objectives only, always, never.
 RESHUFFLE = ("auto", "always", "never")
 STOP_ON = ("all", "subset")  # craft.stop_on: the stop rule's examples (class-wise: "subset")
 # The sections crafting computes from (hashed into its checkpoints, recorded in the poison's manifest).
-CRAFTING_SECTIONS = ("data", "surrogate", "craft")  # and the method's own section, if it has one (pue)
+CRAFTING_SECTIONS = ("data", "surrogate", "craft")  # and the method's own section, if it has one (pue, baseline)
 # Stream of the clean-image augmentation of the PGD passes (fold_in of the seed's key).
 _CLEAN_AUGMENT_STREAM = 0x636C65
 # Stream of the pass orders (craft.reshuffle): fold_in(fold_in(seed's key, this), iteration).
@@ -66,8 +74,13 @@ def unlearnable_config() -> ml_collections.ConfigDict:
     ``chunk_steps`` are not read: ``craft.train_steps`` and ``craft.max_iterations`` say
     how long it trains;
   * ``craft``: the method and its perturbation;
+  * ``pue``: PUE's settings (hashed only when ``craft.method`` is "pue");
+  * ``baseline``: the settings of the surrogate-free baselines ``ar`` and ``lsp`` (hashed
+    only when ``craft.method`` is "ar", "lsp" or "ops");
   * ``victim`` (``config.model_config()``): the model ``evaluate`` trains on the poison
     (and on clean data);
+  * ``defense`` (``defenses.defense_config()``): the defense the poisoned victim trains
+    under (``name="none"`` by default; hashed into a victim run only when set);
   * ``evaluate``: which poison, how much of the training set carries it, the clean victim;
   * ``export``: what ``jaxprotect poison`` writes besides the poison;
   * ``runtime`` (``config.runtime_config()``): devices, progress, checkpoint cadence
@@ -84,7 +97,9 @@ def unlearnable_config() -> ml_collections.ConfigDict:
   surrogate.optimizer.grad_clip = 5.0
 
   craft_section = ml_collections.ConfigDict(dict(
-      method="em",  # "em", "mi_ue", "pue" or "random" (uniform noise in [-eps, eps], no crafting)
+      # "em", "mi_ue", "pue", "random" (uniform noise in [-eps, eps], no crafting) or a surrogate-free
+      # baseline: "ar", "lsp" (L2 budgets in the baseline section, not eps) or "ops" (one pixel, sample-wise)
+      method="em",
       mode="sample",  # "sample" (one delta per example id) or "class" (one per class)
       eps=8 / 255,
       delta_init="uniform",  # "uniform" in [-eps, eps] (EM's reference) or "zeros" (MI-UE's)
@@ -115,6 +130,16 @@ def unlearnable_config() -> ml_collections.ConfigDict:
   # level). PUE stops only after a robust iteration.
   pue = ml_collections.ConfigDict(dict(sigma=0.25, sigma_step=0.05, draws=10, train_draws=100, switch_accuracy=0.5))
 
+  # The surrogate-free baselines (unlearnable.baselines), hashed only when craft.method is one of
+  # them: AR's L2 norm, crop and process search (min_response None: 8 up to 10 classes, 3
+  # beyond; max_candidates None: 5000 per class); LSP's L2 norm (None: sqrt(H W C) * 6/255),
+  # patch size and class separation. OPS has no settings.
+  baseline = ml_collections.ConfigDict(dict(
+      ar=ml_collections.ConfigDict(dict(eps=1.0, crop=4, min_response=config_dict.placeholder(float), max_rms=1.5,
+                                        max_candidates=config_dict.placeholder(int))),
+      lsp=ml_collections.ConfigDict(dict(eps=config_dict.placeholder(float), patch_size=8, class_sep=10.0)),
+  ))
+
   victim = config_lib.model_config()
   victim.model = "resnet18"
   victim.epochs = 60
@@ -144,8 +169,9 @@ def unlearnable_config() -> ml_collections.ConfigDict:
   ))
   export = ml_collections.ConfigDict(dict(png=False, npz=False, preview=True))
   return config_lib.lock(ml_collections.ConfigDict(dict(
-      data=config_lib.data_config(), surrogate=surrogate, craft=craft_section, pue=pue, victim=victim,
-      evaluate=evaluate, export=export, runtime=config_lib.runtime_config())))
+      data=config_lib.data_config(), surrogate=surrogate, craft=craft_section, pue=pue, baseline=baseline,
+      victim=victim, defense=defenses.defense_config(), evaluate=evaluate, export=export,
+      runtime=config_lib.runtime_config())))
 
 
 def _module_of(model: Any) -> Any:
@@ -154,8 +180,12 @@ def _module_of(model: Any) -> Any:
 
 def crafting_sections(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The sections crafting computes from: ``data``, ``surrogate``, ``craft``, and the
-  method's own section when it has one (``pue``)."""
-  return (*CRAFTING_SECTIONS, "pue") if config.craft.method == "pue" else CRAFTING_SECTIONS
+  method's own section when it has one (``pue``; ``baseline`` for ar, lsp and ops)."""
+  if config.craft.method == "pue":
+    return (*CRAFTING_SECTIONS, "pue")
+  if config.craft.method in baselines.BASELINES:
+    return (*CRAFTING_SECTIONS, "baseline")
+  return CRAFTING_SECTIONS
 
 
 def crafting_hash(config: ml_collections.ConfigDict, model: Any = None) -> str:
@@ -177,6 +207,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"craft.mode: unknown perturbation mode {c.mode!r}; use one of {MODES}")
   if c.method == "mi_ue" and c.mode != "sample":
     raise ValueError("craft.mode: MI-UE crafts sample-wise perturbations (craft.mode='sample')")
+  if c.method == "ops" and c.mode != "sample":
+    raise ValueError("craft.mode: OPS's pixel and colour are per class, but the perturbation depends on each image: "
+                     "it is stored sample-wise (craft.mode='sample')")
+  if c.method in baselines.BASELINES and AugmentConfig.parse(c.clean_augment).enabled:
+    raise ValueError(f"craft.clean_augment: the {c.method} baseline is not crafted under augmentation; leave it empty")
   if not 0 < c.eps <= 1:
     raise ValueError(f"craft.eps must be in (0, 1] (pixel units), got {c.eps}")
   if c.max_iterations < 1:
@@ -266,6 +301,10 @@ def craft(
   mesh = parallel.mesh_from_config(config, mesh)
   ds = dataset or data.from_config(config, mesh)
   n, k = ds.train.size, ds.num_classes
+  if c.method in baselines.BASELINES:
+    if model is not None:
+      raise ValueError(f"model: the {c.method} baseline has no surrogate; pass no model")
+    return _craft_baseline(config, workdir, ds)
 
   steps_per_epoch = n // s.batch_size
   if steps_per_epoch < 1:
@@ -393,6 +432,56 @@ def craft(
   # What the noise carries for the surrogate: its accuracy on the same images without it.
   record["clean_train_accuracy"] = float(eval_fn(surrogate, ds.train)["accuracy"])
   return _finish(config, phase, ds, delta, iteration, done, record, runner.params_digest(surrogate.params))
+
+
+def baseline_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The generator's keywords of the baseline ``config.craft.method`` (``baselines.generate``)
+  from the ``baseline`` section (unset fields left to the generator's defaults)."""
+  method = config.craft.method
+  if method == "ops":
+    return {}
+  section = config.baseline[method].to_dict()
+  return {key: value for key, value in section.items() if value is not None}
+
+
+def _craft_baseline(config: ml_collections.ConfigDict, workdir: os.PathLike | str,
+                    ds: data.DeviceDataset) -> dict[str, Any]:
+  """A surrogate-free baseline written as a craft's poison: no loop, no checkpoint (it is
+  made again, identically, by a second run), the same poison directory, manifest and
+  results as ``random``'s."""
+  c = config.craft
+  phase = run.Phase(workdir, "craft", config, dataset=ds, total=1, unit="iter", sections=crafting_sections(config))
+  try:
+    delta, record, stats = baselines.generate(c.method, ds, seed=config.surrogate.seed, mode=c.mode,
+                                              **baseline_kwargs(config))
+  except ValueError as e:  # a setting of the baseline section: name it as the config does
+    field = str(e).split(":", 1)[0]
+    if c.method != "ops" and field in config.baseline[c.method]:
+      raise ValueError(f"baseline.{c.method}.{e}") from None
+    raise
+  phase.write_config()
+  poison_dir = phase.workdir / "poison"
+  manifest = None
+  if phase.main:
+    recorded = {name: config[name].to_dict() for name in crafting_sections(config) if name != "craft"}
+    manifest = poison_io.save_poison(poison_dir, delta, c.mode, ds, config={**recorded, "craft": record},
+                                     stats={"iterations": 0, "stopped_early": False, **stats})
+    if config.export.preview and stats["max_abs"] > 0:
+      poison_io.save_preview(poison_dir / "preview.png", ds, delta, c.mode, stats["max_abs"])
+  return phase.finish({
+      "dataset": data.describe(ds),
+      "method": c.method,
+      "mode": c.mode,
+      "eps": record["eps"],
+      "norm": record["norm"],
+      "iterations": 0,
+      "stopped_early": False,
+      "perturbed_train_accuracy": None,
+      "clean_train_accuracy": None,
+      "delta_sha256": manifest["files"]["delta.npy"] if manifest else None,
+      "surrogate_params_sha256": None,
+      "poison": str(poison_dir),
+  })
 
 
 def _subset_split(split: data.DeviceSplit, positions: jax.Array) -> data.DeviceSplit:

@@ -35,8 +35,8 @@ from jaxprotect import data, parallel
 from jaxprotect.data.idx import sha256_file
 
 __all__ = [
-    "FORMAT", "MANIFEST", "Poison", "QUANTIZE", "apply", "check_matches", "export_npz", "export_png", "load_poison",
-    "poisoned_images", "quantized_images", "resolve", "save_poison", "save_preview",
+    "FORMAT", "MANIFEST", "Poison", "QUANTIZE", "apply", "budget", "check_matches", "export_npz", "export_png",
+    "load_poison", "poisoned_images", "quantized_images", "resolve", "save_poison", "save_preview",
 ]
 
 FORMAT = "jaxprotect-poison-1"
@@ -98,7 +98,7 @@ def save_poison(directory: os.PathLike | str, delta: np.ndarray, mode: str, ds: 
         "method": craft.get("method"),
         "mode": mode,
         "eps": craft.get("eps"),
-        "seed": surrogate.get("seed"),
+        "seed": surrogate.get("seed", craft.get("seed")),  # a baseline records its seed in its craft section
         "config": cfg,
         "dataset": data.describe(ds),
         "jaxprotect_version": _code_version(),
@@ -112,6 +112,18 @@ def save_poison(directory: os.PathLike | str, delta: np.ndarray, mode: str, ds: 
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return manifest
+
+
+def budget(eps: float | None, norm: str | None = None) -> str:
+  """A poison's budget in words: ``"eps 8.0/255"`` (L_inf, the crafted poisons'),
+  ``"L2 eps 1"`` or ``"one pixel"`` (L0, OPS)."""
+  if norm == "l0":
+    return "one pixel"
+  if eps is None:
+    return "eps unknown"
+  if norm == "l2":
+    return f"L2 eps {eps:.3g}"
+  return f"eps {255 * eps:.1f}/255"
 
 
 def resolve(directory: os.PathLike | str) -> pathlib.Path:

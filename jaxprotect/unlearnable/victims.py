@@ -12,6 +12,15 @@ restored, not trained again, so evaluations of several poisons under one victim 
 can share it through ``evaluate.clean_workdir``; its config hash and dataset fingerprint
 must match, or the run is refused.
 
+Defense (the ``defense`` section, ``defenses.Defense``): the poisoned victim trains under
+``defense.name`` (``none``, ``at``, ``cutout``, ``cutmix``, ``mixup``, ``ueraser``, ``jpeg``,
+``bits``, ``grayscale``, ``blur``; ``runner.fit(..., defense=...)``): a host squeeze of its
+(poisoned) training images before training, or a training-time defense in every step. The
+clean victim stays undefended unless ``defense.clean``. A defended run's checkpoints hash
+the defense's own settings besides ``data`` and ``victim``, so an undefended victim keeps its
+hash and a shared clean victim is only reused under the same defense. ``results.json``
+and ``report.md`` record the defense and which runs it applied to.
+
 ``evaluate.quantize`` stores the poisoned images as uint8 before the victim sees them
 (and ``evaluate.drop_negative`` keeps only the perturbation's positive part), as the
 reference implementations do (``poison_io.apply``).
@@ -40,7 +49,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxprotect import checkpoint, checks, config as config_lib, data, models, parallel, runner, stats, train
+from jaxprotect import checkpoint, checks, config as config_lib, data, defenses, models, parallel, runner, stats, train
 from jaxprotect.unlearnable import crafting, poison_io
 
 __all__ = [
@@ -53,11 +62,12 @@ KSG_K = 3  # neighbours of the KSG estimate of the feature MI diagnostic
 VICTIM_SECTIONS = ("data", "victim")
 
 
-def _check_reusable(run_dir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  """Refuses, before any training, a clean-victim directory checkpointed under another recipe."""
+def _check_reusable(run_dir: pathlib.Path, config: ml_collections.ConfigDict, defense: Any = None) -> None:
+  """Refuses, before any training, a clean-victim directory checkpointed under another recipe
+  (or another defense)."""
   if not (run_dir / "checkpoints").is_dir():
     return
-  ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", config_lib.phase_hash(config, VICTIM_SECTIONS),
+  ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", runner.fit_hash(config, "victim", defense=defense),
                                  async_save=False)
   try:
     if ckpt.latest_step() is not None:
@@ -162,18 +172,22 @@ def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh
     raise ValueError(f"evaluate.quantize: unknown value {e.quantize!r}; use one of {poison_io.QUANTIZE}")
   if e.feature_mi_examples < 0:
     raise ValueError(f"evaluate.feature_mi_examples must be >= 0 (0: off), got {e.feature_mi_examples}")
+  defense = defenses.from_config(config.get("defense"))
   workdir = pathlib.Path(workdir)
   mesh = parallel.mesh_from_config(config, mesh)
   clean = data.from_config(config, mesh)
+  defense.check_data(clean)  # before anything trains
   poison = poison_io.load_poison(e.poison)
   poisoned = poison_io.apply(clean, poison, e.poison_fraction, seed=e.seed, quantize=e.quantize,
                              drop_negative=e.drop_negative)  # checks the dataset
   dirs = {"poisoned": workdir / "poisoned"}
+  defended = {"poisoned": defense}
   if e.clean:
     dirs["clean"] = pathlib.Path(e.get("clean_workdir") or workdir / "clean")
-    _check_reusable(dirs["clean"], config)
+    defended["clean"] = defense if defense.clean else None
+    _check_reusable(dirs["clean"], config, defended["clean"])
   fits = {name: runner.fit(config, d, mesh, dataset=poisoned if name == "poisoned" else clean, section="victim",
-                           return_state=True)
+                           return_state=True, defense=defended[name])
           for name, d in dirs.items()}
   runs = {name: r for name, (r, _) in fits.items()}
   curves = {name: _curve(d) for name, d in dirs.items()}
@@ -192,11 +206,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh
       "method": poison.manifest.get("method"),
       "mode": poison.mode,
       "eps": poison.manifest.get("eps"),
+      "norm": (poison.manifest.get("config", {}).get("craft") or {}).get("norm", "linf"),
       "poison_fraction": e.poison_fraction,
       "quantize": e.quantize,
       "drop_negative": bool(e.drop_negative),
       "runs": {name: str(d) for name, d in dirs.items()},
       "victim": {"model": v.model, "epochs": v.epochs, "augment": v.augment},
+      "defense": {**defense.record(), "runs": [name for name, d in defended.items() if d is not None and d.enabled]},
+      "dataset_fingerprint": {name: r["dataset"]["fingerprint"] for name, r in runs.items()},
       "test_accuracy": {name: r["test_accuracy"] for name, r in runs.items()},
       "class_accuracy": {name: r["class_accuracy"] for name, r in runs.items()},
       "curves": curves,
@@ -214,13 +231,21 @@ def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh
 
 def report_markdown(results: dict[str, Any]) -> str:
   acc = results["test_accuracy"]
+  budget = poison_io.budget(results["eps"], results.get("norm"))
   lines = [
-      f"# Victim evaluation: {results['method']} ({results['mode']}-wise), eps {255 * results['eps']:.1f}/255, "
+      f"# Victim evaluation: {results['method']} ({results['mode']}-wise), {budget}, "
       f"{100 * results['poison_fraction']:.0f}% poisoned",
       "",
       f"Victim: {results['victim']['model']}, {results['victim']['epochs']} epochs, augment "
       f"`{results['victim']['augment'] or 'none'}`.",
       "",
+  ]
+  d = results.get("defense") or {"name": "none"}
+  if d["name"] != "none":
+    settings = defenses.Defense(d["name"], tuple((k, v) for k, v in d.items() if k not in ("name", "runs")))
+    lines += [f"Defense: {settings.describe()}, applied to the {' and '.join(d.get('runs', []))} "
+              f"victim{'s' if len(d.get('runs', [])) > 1 else ''}.", ""]
+  lines += [
       "| training data | clean-test accuracy | per class |",
       "|---|---|---|",
   ]
