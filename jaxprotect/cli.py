@@ -32,6 +32,8 @@ commands:
   distill   undistillable teachers and knock-off students: distill {teacher,attack,report} ...
   condense  dataset condensation (DC, DSA, DM), its evaluation and nearest real images:
             --config experiments/condense.py[:variant] --workdir DIR
+  mia       membership inference on models trained on real, random-subset and condensed data:
+            --config experiments/privacy.py[:variant] --workdir DIR
 
 Every command takes --help. A run directory holds config.json, metrics.jsonl,
 checkpoints/ and results.json; re-running the same command resumes it. Compiled programs
@@ -105,6 +107,7 @@ LAZY_COMMANDS = {
     "recover": "jaxprotect.unlearnable.cli:cmd_recover",
     "distill": "jaxprotect.distill.cli:main",
     "condense": "jaxprotect.privacy.cli:cmd_condense",
+    "mia": "jaxprotect.privacy.cli:cmd_mia",
 }
 
 

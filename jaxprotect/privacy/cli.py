@@ -1,4 +1,4 @@
-"""``jaxprotect condense``: ``--config`` is an experiment file whose ``get_config`` returns a
+"""``jaxprotect condense`` and ``jaxprotect mia``: ``--config`` is an experiment file whose ``get_config`` returns a
 ``privacy.condensation.condensation_config()`` (``experiments/condense.py``);
 ``--config.<section>.<field>=<value>`` overrides a field::
 
@@ -7,6 +7,12 @@
 condenses the training set, evaluates the synthetic set over the evaluation seeds and
 writes its nearest real images (``results.json``, ``synthetic/``, ``neighbours.json``,
 ``closest_pairs.png``); a killed run resumes from its last checkpoint.
+
+  jaxprotect mia --config experiments/privacy.py:fashion_mnist_mini --workdir DIR
+
+trains target models on real, random-subset and condensed sets of their halves of a
+candidate pool and attacks their membership (loss attack, LiRA leave-one-out), one
+resumable cell per set (``results.json``, ``table.md``, ``roc_<set>.png``).
 """
 
 from __future__ import annotations
@@ -28,4 +34,18 @@ def cmd_condense(argv: Sequence[str]) -> int:
   print(f"synthetic set: {results['synthetic']}")
   print(f"results: {fv.workdir}/results.json  neighbours: {fv.workdir}/neighbours.json  "
         f"pairs: {fv.workdir}/closest_pairs.png")
+  return 0
+
+
+def cmd_mia(argv: Sequence[str]) -> int:
+  fv = parse_config_command(argv, "mia", lambda fv, flags: define_config_flags(
+      fv, flags, "config file[:variant], e.g. experiments/privacy.py:fashion_mnist_mini"))
+  if fv is None:
+    return 2
+  from jaxprotect.privacy import experiment
+
+  results = experiment.run_mia(fv.config, fv.workdir)
+  print(experiment.report_markdown(results))
+  rocs = ", ".join(str(r["roc"]) for r in results["sets"].values() if r.get("roc"))
+  print(f"results: {fv.workdir}/results.json  table: {fv.workdir}/table.md  plots: {rocs or 'none'}")
   return 0
