@@ -29,6 +29,8 @@ commands:
             --config.certify.model=RUN_DIR --workdir DIR
   recover   recovery attacks (projected fine-tuning, random search within radius eta) on a trained
             model: --config experiments/recover.py[:variant] --config.recover.model=RUN_DIR --workdir DIR
+  matrix    protections x defenses x victims: craft each protection, train victims under each defense;
+            --config experiments/matrix.py[:variant] --workdir DIR (a rerun continues a killed one)
   distill   undistillable teachers and knock-off students: distill {teacher,attack,report} ...
   condense  dataset condensation (DC, DSA, DM), its evaluation and nearest real images:
             --config experiments/condense.py[:variant] --workdir DIR
@@ -105,6 +107,7 @@ LAZY_COMMANDS = {
     "evaluate": "jaxprotect.unlearnable.cli:cmd_evaluate",
     "certify": "jaxprotect.unlearnable.cli:cmd_certify",
     "recover": "jaxprotect.unlearnable.cli:cmd_recover",
+    "matrix": "jaxprotect.unlearnable.cli:cmd_matrix",
     "distill": "jaxprotect.distill.cli:main",
     "condense": "jaxprotect.privacy.cli:cmd_condense",
     "mia": "jaxprotect.privacy.cli:cmd_mia",

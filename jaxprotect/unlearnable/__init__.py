@@ -10,13 +10,15 @@ weight draws into the certified (q, eta)-learnability; ``certify.certify(config,
 draws and evaluates them for a trained model (``certify_config()``); ``recovery`` holds
 the recovery attack; ``baselines`` the surrogate-free poisons (AR, LSP, OPS) that
 ``craft`` also writes (``craft.method``), and ``evaluate`` trains its poisoned victim under
-the ``defense`` section's defense (``jaxprotect.defenses``).
+the ``defense`` section's defense (``jaxprotect.defenses``); ``run_matrix(config, workdir)``
+(``matrix_config()``) runs protections x defenses x victims.
 """
 
-from jaxprotect.unlearnable import baselines, certify, pgd, poison_io, recovery
+from jaxprotect.unlearnable import baselines, certify, matrix, pgd, poison_io, recovery
 from jaxprotect.unlearnable.certify import certify_config, certify_learnability
 from jaxprotect.unlearnable.crafting import craft, unlearnable_config
+from jaxprotect.unlearnable.matrix import matrix_config, run_matrix
 from jaxprotect.unlearnable.victims import evaluate
 
-__all__ = ["baselines", "certify", "certify_config", "certify_learnability", "craft", "evaluate", "pgd", "poison_io",
-           "recovery", "unlearnable_config"]
+__all__ = ["baselines", "certify", "certify_config", "certify_learnability", "craft", "evaluate", "matrix",
+           "matrix_config", "pgd", "poison_io", "recovery", "run_matrix", "unlearnable_config"]

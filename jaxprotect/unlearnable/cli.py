@@ -11,6 +11,10 @@ evaluates weight draws of a trained model and writes its certified learnability 
 ``recover --config experiments/recover.py --config.recover.model=RUN_DIR --workdir DIR`` runs the
 recovery attacks (projected fine-tuning, random search) against it.
 
+``matrix --config experiments/matrix.py:fashion_mnist_mini --workdir DIR`` crafts each protection once per seed
+and trains a victim on it under each defense (``unlearnable.matrix``): ``results.json``, ``table.md``,
+``heatmap.png``; a rerun continues where a killed one stopped.
+
 ``craft.method`` ``ar``, ``lsp`` or ``ops`` writes a surrogate-free baseline poison through the
 same directory and manifest; ``evaluate --config.defense.name=jpeg`` (or ``at``, ``cutout``,
 ``cutmix``, ``mixup``, ``ueraser``, ``bits``, ``grayscale``, ``blur``) trains the poisoned
@@ -112,4 +116,19 @@ def cmd_recover(argv: Sequence[str]) -> int:
   for attack, fields in results["attacks"].items():
     print(f"{attack}: " + ", ".join(f"eta {e:g} {100 * a:.2f}%" for e, a in zip(results["etas"], fields["accuracy"])))
   print(f"results: {fv.workdir}/results.json  plot: {fv.workdir}/recovery.png")
+  return 0
+
+
+def cmd_matrix(argv: Sequence[str]) -> int:
+  fv = parse_config_command(argv, "matrix", lambda fv, flags: define_config_flags(
+      fv, flags, "config file[:variant], e.g. experiments/matrix.py:fashion_mnist_mini"))
+  if fv is None:
+    return 2
+  from jaxprotect.unlearnable import matrix
+
+  results = matrix.run_matrix(fv.config, fv.workdir)
+  print(matrix.render_table(results["table"], results["protections"], results["defenses"]))
+  print(f"{results['cells_done']} cells ({results['computed']} computed in this run, the rest from "
+        f"{fv.workdir}/cells)")
+  print(f"results: {fv.workdir}/results.json  table: {fv.workdir}/table.md  heatmap: {fv.workdir}/heatmap.png")
   return 0
