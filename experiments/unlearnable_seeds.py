@@ -71,18 +71,12 @@ CONFIDENCE = 0.95
 
 def parse_victim(text: str) -> tuple[str, list[str]]:
   """``"resnet18:width=8"`` -> ``("resnet18(width=8)", ["victim.model=resnet18",
-  "victim.model_kwargs.width=8"])``; ``"default"``: the variant's victim, no overrides."""
+  "victim.model_kwargs.width=8"])``; ``"default"``: the variant's victim, no overrides. The
+  overrides are ``matrix.parse_victim``'s; the label keeps this driver's record names."""
+  from jaxprotect.unlearnable import matrix
+
+  _, overrides = matrix.parse_victim(text, field="--depth-victims")
   model, *kwargs = text.split(":")
-  if model == "default":
-    if kwargs:
-      raise ValueError(f"victim {text!r}: 'default' takes no keywords")
-    return "default", []
-  overrides = [f"victim.model={model}"]
-  for kv in kwargs:
-    key, eq, value = kv.partition("=")
-    if not eq or not key:
-      raise ValueError(f"victim {text!r}: expected model[:key=value...], got {kv!r}")
-    overrides.append(f"victim.model_kwargs.{key}={value}")
   label = model + (f"({','.join(kwargs)})" if kwargs else "")
   return label, overrides
 

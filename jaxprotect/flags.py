@@ -17,6 +17,8 @@ module (and ``jaxprotect --help``) stays cheap.
 
 from __future__ import annotations
 
+import functools
+
 import sys
 import types
 from collections.abc import Callable, Sequence
@@ -113,11 +115,15 @@ def require(fv, command: str, *fields: str) -> bool:
   return True
 
 
-def parse_config_command(argv: Sequence[str], command: str, define: Callable = define_config_flags):
+def parse_config_command(argv: Sequence[str], command: str, define: Callable = define_config_flags,
+                         example: str | None = None):
   """The start of every config-driven command: parses its flags (``define``, by default
-  ``--config`` and ``--workdir``), checks that ``--config`` and ``--workdir`` were given
-  and joins a multi-host run. Returns the flag values, or None (after saying which flag
-  is missing)."""
+  ``--config`` and ``--workdir``; with ``example``, those two with ``--config``'s help
+  naming that config file, e.g. ``"experiments/recover.py:reference"``), checks that
+  ``--config`` and ``--workdir`` were given and joins a multi-host run. Returns the flag
+  values, or None (after saying which flag is missing)."""
+  if example is not None:
+    define = functools.partial(define_config_flags, config_help=f"config file[:variant], e.g. {example}")
   fv = parse_flags(argv, define)
   if not require(fv, command, "config", "workdir"):
     return None

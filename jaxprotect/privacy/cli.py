@@ -19,12 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jaxprotect.flags import define_config_flags, parse_config_command
+from jaxprotect.flags import parse_config_command
 
 
 def cmd_condense(argv: Sequence[str]) -> int:
-  fv = parse_config_command(argv, "condense", lambda fv, flags: define_config_flags(
-      fv, flags, "config file[:variant], e.g. experiments/condense.py:fashion_mnist_mini,dm,ipc1"))
+  fv = parse_config_command(argv, "condense", example="experiments/condense.py:fashion_mnist_mini,dm,ipc1")
   if fv is None:
     return 2
   from jaxprotect.privacy import condensation
@@ -38,8 +37,7 @@ def cmd_condense(argv: Sequence[str]) -> int:
 
 
 def cmd_mia(argv: Sequence[str]) -> int:
-  fv = parse_config_command(argv, "mia", lambda fv, flags: define_config_flags(
-      fv, flags, "config file[:variant], e.g. experiments/privacy.py:fashion_mnist_mini"))
+  fv = parse_config_command(argv, "mia", example="experiments/privacy.py:fashion_mnist_mini")
   if fv is None:
     return 2
   from jaxprotect.privacy import experiment

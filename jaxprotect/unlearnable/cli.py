@@ -87,8 +87,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
 
 
 def cmd_certify(argv: Sequence[str]) -> int:
-  fv = parse_config_command(argv, "certify", lambda fv, flags: define_config_flags(
-      fv, flags, "config file[:variant], e.g. experiments/certify.py:reference"))
+  fv = parse_config_command(argv, "certify", example="experiments/certify.py:reference")
   if fv is None:
     return 2
   from jaxprotect.unlearnable import certify
@@ -104,8 +103,7 @@ def cmd_certify(argv: Sequence[str]) -> int:
 
 
 def cmd_recover(argv: Sequence[str]) -> int:
-  fv = parse_config_command(argv, "recover", lambda fv, flags: define_config_flags(
-      fv, flags, "config file[:variant], e.g. experiments/recover.py:reference"))
+  fv = parse_config_command(argv, "recover", example="experiments/recover.py:reference")
   if fv is None:
     return 2
   from jaxprotect.unlearnable import recovery
@@ -120,8 +118,7 @@ def cmd_recover(argv: Sequence[str]) -> int:
 
 
 def cmd_matrix(argv: Sequence[str]) -> int:
-  fv = parse_config_command(argv, "matrix", lambda fv, flags: define_config_flags(
-      fv, flags, "config file[:variant], e.g. experiments/matrix.py:fashion_mnist_mini"))
+  fv = parse_config_command(argv, "matrix", example="experiments/matrix.py:fashion_mnist_mini")
   if fv is None:
     return 2
   from jaxprotect.unlearnable import matrix

@@ -123,23 +123,23 @@ def _names(values: Any, field: str, known: Sequence[str], what: str) -> tuple[st
   return values
 
 
-def parse_victim(text: str) -> tuple[str, list[str]]:
+def parse_victim(text: str, field: str = "matrix.victims") -> tuple[str, list[str]]:
   """``"resnet18:width=8"`` -> ``("resnet18-width=8", ["victim.model=resnet18",
   "victim.model_kwargs.width=8"])``; ``"default"``: the victim section as it is. An unknown
-  model is a ValueError listing the known ones."""
+  model is a ValueError, naming ``field``, that lists the known ones."""
   model, *kwargs = str(text).split(":")
   if model == "default":
     if kwargs:
-      raise ValueError(f"matrix.victims: {text!r}: 'default' takes no keywords")
+      raise ValueError(f"{field}: {text!r}: 'default' takes no keywords")
     return "default", []
   if model.lower() not in models.names():
-    raise ValueError(f"matrix.victims: unknown model {model!r} in {text!r}; use 'default' or one of "
+    raise ValueError(f"{field}: unknown model {model!r} in {text!r}; use 'default' or one of "
                      f"{', '.join(models.names())} (model[:key=value...])")
   overrides = [f"victim.model={model}"]
   for kv in kwargs:
     key, eq, value = kv.partition("=")
     if not eq or not key:
-      raise ValueError(f"matrix.victims: {text!r}: expected model[:key=value...], got {kv!r}")
+      raise ValueError(f"{field}: {text!r}: expected model[:key=value...], got {kv!r}")
     overrides.append(f"victim.model_kwargs.{key}={value}")
   return "-".join([model, *kwargs]), overrides
 
