@@ -75,7 +75,8 @@ def describe_size(size: Size, torch_compile: str) -> str:
           + (f"stop at error < {e.stop_error} or {e.max_iterations} iterations" if e.stop_error else
              f"{e.max_iterations} iterations (stop rule off: the same work on both sides)")
           + f", then a victim for {e.victim_epochs} epochs at batch {e.victim_batch} "
-          f"(crop4+flip). torch.compile policy: `--torch-compile={torch_compile}`.")
+          f"(crop4+flip), the median of {s.e2e_repeats} whole-pipeline repeat{'s' if s.e2e_repeats > 1 else ''}. "
+          f"torch.compile policy: `--torch-compile={torch_compile}`.")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "(default: all at full size, train_step with --quick, none with --tiny)")
   p.add_argument("--batch", type=int, help="override the batch of the step workloads")
   p.add_argument("--steps", type=int, help="override the training steps per timed repeat")
-  p.add_argument("--repeats", type=int, help="override the number of timed repeats")
+  p.add_argument("--repeats", type=int, help="override the number of timed repeats (of every workload)")
   p.add_argument("--e2e-iterations", type=int, help="override the cap on outer crafting iterations")
   p.add_argument("--e2e-victim-epochs", type=int, help="override the victim's epochs")
   p.add_argument("--profile", metavar="DIR",
@@ -111,7 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_options(a: argparse.Namespace) -> suite.Options:
   size = SIZES[a.size]
-  over = {k: v for k, v in (("batch", a.batch), ("steps", a.steps), ("repeats", a.repeats)) if v is not None}
+  over = {k: v for k, v in (("batch", a.batch), ("steps", a.steps), ("repeats", a.repeats),
+                            ("e2e_repeats", a.repeats)) if v is not None}
   e_over = {k: v for k, v in (("max_iterations", a.e2e_iterations), ("victim_epochs", a.e2e_victim_epochs))
             if v is not None}
   if e_over:

@@ -75,6 +75,8 @@ class Size:
       which compiles every program the timed repeats run).
     repeats: timed repeats, interleaved across implementations; the median is reported.
     e2e: the end-to-end workload's size.
+    e2e_repeats: timed repeats of the end-to-end workload (each a whole pipeline, compiles
+      included: jaxprotect starts every repeat from empty compilation caches).
   """
 
   name: str
@@ -87,6 +89,7 @@ class Size:
   warmup: int
   repeats: int
   e2e: E2ESize
+  e2e_repeats: int = 1
 
   @property
   def model_label(self) -> str:
@@ -100,7 +103,8 @@ SIZES = {
                              train_steps=10, pgd_steps=20, max_iterations=10, victim_epochs=60, victim_batch=128)),
     "quick": Size("quick", "resnet18", 16, batch=64, steps=4, pgd_examples=64, pgd_steps=4, warmup=2, repeats=3,
                   e2e=E2ESize("small_cnn", 16, train_examples=2048, test_examples=512, batch=128, pgd_batch=128,
-                              train_steps=10, pgd_steps=20, max_iterations=5, victim_epochs=60, victim_batch=128)),
+                              train_steps=10, pgd_steps=20, max_iterations=5, victim_epochs=60, victim_batch=128),
+                  e2e_repeats=3),
     "tiny": Size("tiny", "small_cnn", 8, batch=16, steps=2, pgd_examples=32, pgd_steps=2, warmup=1, repeats=1,
                  e2e=E2ESize("small_cnn", 8, train_examples=128, test_examples=64, batch=32, pgd_batch=32,
                              train_steps=2, pgd_steps=2, max_iterations=1, victim_epochs=1, victim_batch=32)),

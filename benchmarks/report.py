@@ -37,6 +37,19 @@ def fmt(value: float | None, unit: str) -> str:
   return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
+def _e2e_repeats(d: dict[str, Any]) -> str:
+  """`` Repeats (s): ...`` of an end-to-end row timed more than once (the phase times above are
+  those of the median repeat)."""
+  per = d.get("per_repeat")
+  if not isinstance(per, dict) or len(per.get("seconds", [])) < 2:
+    return ""
+  cells = [f"{t:.1f} (craft {c:.1f} + victim {v:.1f})"
+           for t, c, v in zip(per["seconds"], per.get("craft_s", []), per.get("victim_s", []), strict=False)]
+  compiles = per.get("compiles")
+  return (f" Repeats, s: {'; '.join(cells)}; the phase times above are the median repeat's"
+          + (f"; compiles per repeat: {', '.join(str(n) for n in compiles)}" if compiles else "") + ".")
+
+
 def _workload_cell(workload: str, rows: list[dict[str, Any]]) -> str:
   det = next((r["details"] for r in rows if r["value"] is not None), {})
   parts = [workload]
@@ -103,8 +116,10 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
                  f"{'stopped by the rule' if d.get('stopped_early') else 'capped'}, perturbed-train accuracy "
                  f"{100 * d.get('perturbed_train_accuracy', 0):.1f}%), victim {d.get('victim_s', 0):.1f} s "
                  f"({d.get('victim_epochs')} epochs, test accuracy {100 * d.get('victim_test_accuracy', 0):.1f}%)"
-                 + (f"; {d['compiles']} XLA compiles took {d['compile_s']:.1f} s of it" if "compiles" in d else "")
-                 + ".")
+                 + (f"; {d['compiles']} XLA compiles ({d['craft_compiles']} craft, {d['victim_compiles']} victim) "
+                    f"took {d['compile_s']:.1f} s of it" if "craft_compiles" in d else
+                    f"; {d['compiles']} XLA compiles took {d['compile_s']:.1f} s of it" if "compiles" in d else "")
+                 + "." + _e2e_repeats(d))
     if r["workload"] == "cmim_step":
       out.append(f"{who}: CE step {d.get('ce_ms', 0):.1f} ms, CMIM step {d.get('cmim_ms', 0):.1f} ms.")
     if "mfu" in d and r["workload"] not in mfu_noted:
@@ -146,7 +161,8 @@ def markdown_section(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             "throughput, or PyTorch's wall time over jaxprotect's for `e2e_em`. `cmim_step` is itself a "
             "ratio (the cost of CMIM over CE within one implementation), so it has no cross ratio. "
             "Each value is the median of the timed repeats, which are interleaved across implementations; "
-            "compile and warm-up are excluded except in `e2e_em` (wall time of the whole pipeline)."
+            "compile and warm-up are excluded except in `e2e_em` (wall time of the whole pipeline; every "
+            "jaxprotect repeat starts from empty compilation caches, as a fresh process would)."
             + (" MFU: model FLOPs (convolutions and matrix products at full kernel size; forward passes per "
                "unit as noted below) per second over the device's bf16 dense peak."
                if any("mfu" in r["details"] for r in rows) else ""), ""]

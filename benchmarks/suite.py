@@ -100,8 +100,12 @@ def _device_of(impl: str) -> str:
 
 def summarize(workload: str, samples: list[dict[str, float]]) -> tuple[float, dict[str, Any]]:
   """The row's value from the timed repeats, and the per-repeat figures."""
-  if workload == "e2e_em":
-    return samples[0]["seconds"], {}
+  if workload == "e2e_em":  # per-repeat phase times and compiles; the row's details are those of the median repeat
+    order = sorted(range(len(samples)), key=lambda i: samples[i]["seconds"])
+    median = samples[order[(len(order) - 1) // 2]]
+    per = {k: [s[k] for s in samples] for k in samples[0] if k != "details"}
+    return common.median([s["seconds"] for s in samples]), {
+        "repeats": len(samples), "per_repeat": per, **median.get("details", {})}
   if workload == "cmim_step":
     ce, cmim = common.median([s["ce_s"] for s in samples]), common.median([s["cmim_s"] for s in samples])
     return cmim / ce, {"ce_ms": 1e3 * ce, "cmim_ms": 1e3 * cmim, "repeats": len(samples)}
@@ -152,7 +156,7 @@ def run_workload(workload: str, opts: Options, log=print) -> list[dict[str, Any]
       failed[impl] = common.short_reason(e)
       log(f"  {workload} / {impl}: FAILED in set-up: {failed[impl]}")
   samples: dict[str, list[dict[str, float]]] = {impl: [] for impl in runners}
-  repeats = 1 if workload == "e2e_em" else opts.size.repeats
+  repeats = opts.size.e2e_repeats if workload == "e2e_em" else opts.size.repeats
   for _ in range(repeats):
     for impl in list(runners):
       try:

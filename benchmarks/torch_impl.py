@@ -463,7 +463,7 @@ class E2ERunner(_TorchRunner):
       _sync(self.dev)
       t2 = time.perf_counter()
     self._details = {"craft_s": t1 - t0, "victim_s": t2 - t1, **craft, "victim_test_accuracy": victim_acc}
-    return {"seconds": t2 - t0}
+    return {"seconds": t2 - t0, "craft_s": t1 - t0, "victim_s": t2 - t1, "details": dict(self._details)}
 
   def details(self) -> dict[str, Any]:
     e = self.e

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -220,3 +221,39 @@ def test_torch_twins_have_the_same_parameter_count(name, width):
   shapes = jax.eval_shape(lambda x: flax_model.init(jax.random.key(0), x),
                           jax.ShapeDtypeStruct((1, 32, 32, 3), "float32"))
   assert torch_models.count_params(torch_models.get(name, 10, width=width)) == models.count_params(shapes["params"])
+
+
+def test_end_to_end_row_is_the_median_repeat_with_its_phase_times():
+  samples = [{"seconds": s, "craft_s": s / 2, "victim_s": s / 2, "details": {"craft_s": s / 2, "tag": s}}
+             for s in (60.0, 50.0, 70.0)]
+  value, extra = suite.summarize("e2e_em", samples)
+  assert value == 60.0 and extra["repeats"] == 3
+  assert extra["tag"] == 60.0 and extra["craft_s"] == 30.0  # the details of the median repeat
+  assert extra["per_repeat"]["seconds"] == [60.0, 50.0, 70.0]
+  assert "Repeats, s: 60.0 (craft 30.0 + victim 30.0); 50.0" in report._e2e_repeats(extra)
+
+
+def test_clear_compiled_makes_the_next_run_compile_again():
+  seen = []
+
+  def on_duration(event, duration, **_):
+    del duration
+    if event == jax_impl.COMPILE_EVENT:
+      seen.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(on_duration)
+  try:
+    from jaxprotect import train  # noqa: PLC0415
+
+    def run():  # a module-level program (jax.jit) of the engine
+      train._epoch_rows(jax.random.PRNGKey(0), np.int32(0), 16, 4).block_until_ready()
+
+    run()
+    before = len(seen)
+    run()
+    assert len(seen) == before  # compiled once: nothing new
+    jax_impl.clear_compiled()
+    run()
+    assert len(seen) > before
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_duration)

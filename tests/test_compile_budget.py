@@ -100,6 +100,8 @@ def _write_npz(path: pathlib.Path, n: int, t: int, hw: int = 12, k: int = 4) -> 
 def _pipeline(workdir: pathlib.Path, npz: str, mesh) -> dict:
   """The benchmark's end-to-end run (``E2ERunner.run``) on ``npz``: craft, then the victim."""
   config = jax_impl.e2e_config(TINY, npz)
+  # the user's default victim evaluation, feature MI included (the benchmark turns it off)
+  config.evaluate.feature_mi_examples = crafting.unlearnable_config().evaluate.feature_mi_examples
   craft = crafting.craft(config, workdir / "craft", mesh)
   config.evaluate.poison = str(workdir / "craft")
   victim = victims.evaluate(config, workdir / "victim", mesh)
