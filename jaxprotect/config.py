@@ -39,9 +39,9 @@ import ml_collections
 from ml_collections import config_dict
 
 __all__ = [
-    "OPEN_FIELDS", "RUNTIME", "apply_overrides", "check_fields", "config_hash", "data_config", "from_file", "lock",
-    "model_config", "optimizer_config", "parse_variant", "phase_hash", "runtime_config", "train_config",
-    "write_bytes_atomic", "write_json_atomic",
+    "HASH_NEUTRAL_DEFAULTS", "OPEN_FIELDS", "RUNTIME", "apply_overrides", "check_fields", "config_hash", "data_config",
+    "from_file", "lock", "model_config", "optimizer_config", "parse_variant", "phase_hash", "runtime_config",
+    "train_config", "write_bytes_atomic", "write_json_atomic",
 ]
 
 # The section that never enters a hash: a resumed run may change it.
@@ -113,6 +113,8 @@ def model_config() -> ml_collections.ConfigDict:
       model="small_cnn",
       model_kwargs=ml_collections.ConfigDict(),  # constructor keywords of the zoo model (e.g. width)
       dtype="float32",  # compute dtype; parameters are always float32
+      # dtype of the conv/dense parameter gradients and their all-reduces: "compute" or "float32"
+      grad_sum_dtype="compute",
       epochs=5,
       batch_size=128,
       eval_batch_size=512,
@@ -146,14 +148,23 @@ def train_config() -> ml_collections.ConfigDict:
 # Hashes
 # ---------------------------------------------------------------------------------------
 
+# Section fields added after hashes were first recorded, with their defaults: a field at its
+# default is left out of the hash, so that the configs written before it existed keep their
+# hashes (and their checkpoints); any other value enters the hash.
+HASH_NEUTRAL_DEFAULTS = {"grad_sum_dtype": "compute"}
+
+
 def phase_hash(config: ml_collections.ConfigDict, sections: Sequence[str], **extra: Any) -> str:
-  """A stable short hash of ``config``'s ``sections`` (without ``data.dir``) and the
-  JSON-able ``extra`` values: what a phase computes from, recorded in its checkpoints."""
+  """A stable short hash of ``config``'s ``sections`` (without ``data.dir``, and without the
+  ``HASH_NEUTRAL_DEFAULTS`` fields at their defaults) and the JSON-able ``extra`` values:
+  what a phase computes from, recorded in its checkpoints."""
   d: dict[str, Any] = {}
   for s in sections:
     if s not in config:
       raise ValueError(f"config has no section {s!r} (sections: {', '.join(config.keys())})")
     d[s] = config[s].to_dict() if isinstance(config[s], ml_collections.ConfigDict) else config[s]
+    if isinstance(d[s], dict):
+      d[s] = {k: v for k, v in d[s].items() if k not in HASH_NEUTRAL_DEFAULTS or v != HASH_NEUTRAL_DEFAULTS[k]}
   if isinstance(d.get("data"), dict):
     d["data"].pop("dir", None)
   d.update(extra)

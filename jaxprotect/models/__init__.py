@@ -11,6 +11,10 @@ argument. Contract of every zoo model (used functionally)::
 ``x`` is float in [0, 1] with any H, W, C (no normalisation inside); ``logits`` and ``feats``
 (penultimate features, input of the final Dense) are float32 whatever the compute ``dtype``;
 parameters are always float32. ``width`` shrinks/grows every model (base channels or hidden size).
+``grad_sum_dtype`` ("compute", the default, or "float32") is the dtype in which the
+gradients of the convolution and dense parameters are computed and summed across devices:
+under ``dtype="bfloat16"``, "compute" all-reduces them in bfloat16 and "float32" in float32,
+at twice the bytes, with the same forward values (``models.common``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprotect import platform
+from jaxprotect.models.common import GRAD_SUM_DTYPES, check_grad_sum_dtype
 from jaxprotect.models.contract import Model, as_model, check_outputs, features_of
 from jaxprotect.models.convnet import ConvNet
 from jaxprotect.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -32,7 +37,8 @@ from jaxprotect.models.vgg import VGG
 from jaxprotect.models.wide_resnet import WideBlock, WideResNet
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "ConvNet", "MLP", "Model", "ResNet", "SmallCNN", "VGG", "WideBlock", "WideResNet",
+    "GRAD_SUM_DTYPES", "BasicBlock", "Bottleneck", "ConvNet", "MLP", "Model", "ResNet", "SmallCNN", "VGG", "WideBlock",
+    "WideResNet",
     "as_model", "check_outputs", "count_params", "features_of", "from_config", "get", "has_batch_stats",
     "init_variables", "names",
 ]
@@ -71,10 +77,12 @@ def _as_dtype(dtype: Any) -> Any:
 
 
 def get(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-  """Build model ``name`` with ``num_classes`` outputs; ``kwargs`` go to the Module (dtype, width, stem, ...).
+  """Build model ``name`` with ``num_classes`` outputs; ``kwargs`` go to the Module (dtype, width, stem,
+  grad_sum_dtype, ...).
 
   Names are case-insensitive. ``dtype`` may be a string ("float32", "bfloat16"). Raises
-  ``ValueError`` for an unknown name (the message lists the known ones) or ``num_classes < 2``.
+  ``ValueError`` for an unknown name (the message lists the known ones), ``num_classes < 2``
+  or a ``grad_sum_dtype`` other than "compute" and "float32".
   """
   key = name.lower()
   if key not in _REGISTRY:
@@ -83,15 +91,25 @@ def get(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     raise ValueError(f"model {name!r}: num_classes must be an integer >= 2, got {num_classes!r}")
   if "dtype" in kwargs:
     kwargs["dtype"] = _as_dtype(kwargs["dtype"])
+  if "grad_sum_dtype" in kwargs:
+    check_grad_sum_dtype(kwargs["grad_sum_dtype"])
   return _REGISTRY[key](num_classes=int(num_classes), **kwargs)
 
 
 def from_config(config: Any, num_classes: int) -> nn.Module:
   """The zoo model of a model section (``config.model_config()``; or any mapping with
-  ``model``, ``model_kwargs``, ``dtype``): ``get(model, num_classes, dtype=dtype,
-  **model_kwargs)``."""
+  ``model``, ``model_kwargs``, ``dtype`` and ``grad_sum_dtype``, the last three optional):
+  ``get(model, num_classes, dtype=dtype, grad_sum_dtype=grad_sum_dtype, **model_kwargs)``.
+  A ``grad_sum_dtype`` in ``model_kwargs`` too must agree with the section's unless that is
+  the default, "compute"."""
   kwargs = config.get("model_kwargs") or {}
   kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
+  grad_sum_dtype = config.get("grad_sum_dtype", "compute")
+  if grad_sum_dtype != "compute":
+    if kwargs.get("grad_sum_dtype", grad_sum_dtype) != grad_sum_dtype:
+      raise ValueError(f"grad_sum_dtype: the section says {grad_sum_dtype!r} and model_kwargs "
+                       f"{kwargs['grad_sum_dtype']!r}; set one of them")
+    kwargs["grad_sum_dtype"] = grad_sum_dtype
   return get(config["model"], num_classes, dtype=config.get("dtype", "float32"), **kwargs)
 
 

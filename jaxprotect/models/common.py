@@ -5,10 +5,20 @@ feats_BxD)``, computes in ``dtype`` with float32 parameters, and takes its layer
 as flax's ResNet example does: ``conv`` (called as ``nn.Conv``), ``norm`` (as ``nn.BatchNorm``,
 momentum 0.9, epsilon 1e-5; ConvNet's is ``batch_norm``) and, where it pools 2x2, ``pool``
 (``x -> x``). The defaults below are the XLA:CPU ops of ``jaxprotect.ops``.
+
+``grad_sum_dtype`` (a field of every zoo model) says in which dtype the gradients of the
+convolution and dense parameters are computed, and therefore summed across devices when
+the batch is split: ``"compute"`` (the default: flax's layers, which cast the float32
+parameters to the compute dtype, so under bfloat16 the gradients are computed and
+all-reduced in bfloat16) or ``"float32"`` (``conv_layer`` / ``dense_layer`` build
+``ops.Float32GradConv`` / ``ops.Float32GradDense``: the same variables and forward values,
+float32 parameter gradients and all-reduces, twice the bytes). With a float32 compute
+dtype both are the same layers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -28,6 +38,54 @@ torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unif
 # ``conv``: nn.Conv with the patch-product stems; ``pool``: 2x2 max pooling without select_and_scatter.
 default_conv = functools.partial(nn.Conv, conv_general_dilated=ops.conv_general_dilated)
 default_pool = ops.max_pool_2x2
+
+
+# The dtypes a zoo model's parameter gradients may be computed and summed across devices in.
+GRAD_SUM_DTYPES = ("compute", "float32")
+
+
+def grad_sum_dtype_field() -> Any:
+  """The ``grad_sum_dtype`` field of a zoo model: ``"compute"`` by default, and left out of
+  the module's ``repr`` (which crafting hashes for a user's module, so that the hashes of
+  modules built before the field existed stay as they were)."""
+  return dataclasses.field(default="compute", repr=False)
+
+
+def check_grad_sum_dtype(grad_sum_dtype: Any) -> None:
+  """ValueError unless ``grad_sum_dtype`` is one of ``GRAD_SUM_DTYPES``."""
+  if not isinstance(grad_sum_dtype, str) or grad_sum_dtype not in GRAD_SUM_DTYPES:
+    raise ValueError(f"grad_sum_dtype: expected one of {', '.join(map(repr, GRAD_SUM_DTYPES))}, "
+                     f"got {grad_sum_dtype!r}")
+
+
+def _float32_grads(dtype: Any, grad_sum_dtype: str) -> bool:
+  check_grad_sum_dtype(grad_sum_dtype)
+  return grad_sum_dtype == "float32" and ops.splits_precision(dtype, PARAM_DTYPE)
+
+
+def conv_layer(conv: Callable[..., nn.Module], dtype: Any, grad_sum_dtype: str) -> Callable[..., nn.Module]:
+  """The convolution factory of a model computing in ``dtype``: ``conv`` itself, or for
+  ``grad_sum_dtype="float32"`` under a compute dtype narrower than float32 the same
+  factory building ``ops.Float32GradConv``. ``conv`` must then be ``nn.Conv`` or a
+  ``functools.partial`` of it with keywords only (the default ``default_conv`` is one);
+  its keywords carry over (``conv_general_dilated``: the XLA:CPU stems)."""
+  if not _float32_grads(dtype, grad_sum_dtype):
+    return conv
+  func, keywords = conv, {}
+  if isinstance(conv, functools.partial) and not conv.args:
+    func, keywords = conv.func, dict(conv.keywords)
+  fields = {f.name for f in dataclasses.fields(ops.Float32GradConv)}
+  if func is not nn.Conv or set(keywords) - fields:
+    raise ValueError(f"conv: grad_sum_dtype='float32' builds the convolutions as ops.Float32GradConv in place of "
+                     f"nn.Conv, so conv must be nn.Conv or a functools.partial of it setting fields of "
+                     f"ops.Float32GradConv; got {conv!r}")
+  return functools.partial(ops.Float32GradConv, **keywords)
+
+
+def dense_layer(dtype: Any, grad_sum_dtype: str) -> Callable[..., nn.Module]:
+  """The dense-layer factory of a model computing in ``dtype``: ``nn.Dense``, or
+  ``ops.Float32GradDense`` for ``grad_sum_dtype="float32"`` under a narrower compute dtype."""
+  return ops.Float32GradDense if _float32_grads(dtype, grad_sum_dtype) else nn.Dense
 
 
 def same_conv(conv: Callable[..., nn.Module], features: int, kernel: int, stride: int, dtype: Any,
@@ -55,9 +113,10 @@ def global_avg_pool(x_BxHxWxC: jax.Array) -> jax.Array:
   return jnp.mean(x_BxHxWxC.astype(jnp.float32), axis=(1, 2)).astype(x_BxHxWxC.dtype)
 
 
-def classifier(num_classes: int, dtype: Any, name: str = "head") -> nn.Dense:
-  """Final linear layer (with bias), PyTorch-default weight init."""
-  return nn.Dense(num_classes, dtype=dtype, param_dtype=PARAM_DTYPE, kernel_init=torch_default_init, name=name)
+def classifier(num_classes: int, dtype: Any, name: str = "head",
+               dense: Callable[..., nn.Module] = nn.Dense) -> nn.Module:
+  """Final linear layer (with bias), PyTorch-default weight init, built by ``dense``."""
+  return dense(num_classes, dtype=dtype, param_dtype=PARAM_DTYPE, kernel_init=torch_default_init, name=name)
 
 
 def check_num_classes(num_classes: int) -> None:

@@ -7,6 +7,8 @@ is ``width * 4 * 4 = 2048``-d at width 128, depth 3 for both 28x28x1 and 32x32x3
 
 Layers are fields: ``conv`` (called as ``nn.Conv``) and ``batch_norm`` (called as
 ``nn.BatchNorm``, used with ``norm="batchnorm"``), by default the XLA:CPU ops of ``jaxprotect.ops``.
+``grad_sum_dtype="float32"`` computes the convolution and dense gradients in float32 under a
+bfloat16 ``dtype`` (``models.common``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import jax.numpy as jnp
 
 from jaxprotect.models import common
 from jaxprotect.models.common import (
-    PARAM_DTYPE, check_num_classes, classifier, default_conv, default_norm, outputs, torch_default_init)
+    PARAM_DTYPE, check_num_classes, classifier, conv_layer, default_conv, default_norm, dense_layer,
+    grad_sum_dtype_field, outputs, torch_default_init)
 
 
 class ConvNet(nn.Module):
@@ -30,6 +33,8 @@ class ConvNet(nn.Module):
   (pooling stops once a spatial side is below 2).
   ``norm``: "instancenorm" (GroupNorm with one channel per group, affine; default),
   "batchnorm" (adds ``'batch_stats'``; built by the ``batch_norm`` factory) or "none".
+  ``grad_sum_dtype``: "compute" or "float32", the dtype of the convolution and head
+  parameter gradients and of their sums across devices (``models.common``).
   """
   num_classes: int
   width: int = 128
@@ -38,17 +43,19 @@ class ConvNet(nn.Module):
   dtype: Any = jnp.float32
   conv: Callable[..., nn.Module] = default_conv
   batch_norm: Callable[..., nn.Module] = default_norm
+  grad_sum_dtype: str = grad_sum_dtype_field()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
     check_num_classes(self.num_classes)
     if self.norm not in ("instancenorm", "batchnorm", "none"):
       raise ValueError(f"unknown norm {self.norm!r}; expected 'instancenorm', 'batchnorm' or 'none'")
+    conv = conv_layer(self.conv, self.dtype, self.grad_sum_dtype)
     x = x.astype(self.dtype)
     for d in range(self.depth):
       pad = 3 if (d == 0 and x.shape[1] == 28 and x.shape[2] == 28) else 1
-      x = self.conv(self.width, (3, 3), padding=((pad, pad), (pad, pad)), use_bias=True, dtype=self.dtype,
-                    param_dtype=PARAM_DTYPE, kernel_init=torch_default_init, name=f"conv{d}")(x)
+      x = conv(self.width, (3, 3), padding=((pad, pad), (pad, pad)), use_bias=True, dtype=self.dtype,
+               param_dtype=PARAM_DTYPE, kernel_init=torch_default_init, name=f"conv{d}")(x)
       if self.norm == "instancenorm":
         x = nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, dtype=self.dtype, param_dtype=PARAM_DTYPE,
                          name=f"norm{d}")(x)
@@ -58,5 +65,5 @@ class ConvNet(nn.Module):
       if x.shape[1] >= 2 and x.shape[2] >= 2:
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     feats = x.reshape((x.shape[0], -1))
-    logits = classifier(self.num_classes, self.dtype)(feats)
+    logits = classifier(self.num_classes, self.dtype, dense=dense_layer(self.dtype, self.grad_sum_dtype))(feats)
     return outputs(logits, feats)

@@ -12,7 +12,8 @@ convs see the same pixels as the 1x1 strided shortcut.
 Layers are fields, as in flax's ResNet example: ``conv`` (called as ``nn.Conv``) and
 ``norm`` (called as ``nn.BatchNorm``), by default the XLA:CPU ops of ``jaxprotect.ops``
 (``models.common``); e.g. ``ResNet(10, conv=nn.Conv, norm=nn.BatchNorm)`` for the plain
-flax layers, with the same parameter tree.
+flax layers, with the same parameter tree. ``grad_sum_dtype="float32"`` computes the
+convolution and head gradients in float32 under a bfloat16 ``dtype`` (``models.common``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxprotect.models.common import (
-    batch_norm, check_num_classes, classifier, default_conv, default_norm, global_avg_pool, outputs, same_conv)
+    batch_norm, check_num_classes, classifier, conv_layer, default_conv, default_norm, dense_layer, global_avg_pool,
+    grad_sum_dtype_field, outputs, same_conv)
 
 
 
@@ -85,6 +87,8 @@ class ResNet(nn.Module):
   ``__call__(x_BxHxWxC, train) -> (logits_BxK, feats_BxD)`` with ``D = 8 * width * expansion``
   (512 for ResNet-18/34, 2048 for ResNet-50 at ``width=64``); size-agnostic through global
   average pooling. ``conv`` and ``norm`` build every convolution and BatchNorm (blocks included).
+  ``grad_sum_dtype``: "compute" or "float32", the dtype of the convolution and head
+  parameter gradients and of their sums across devices (``models.common``).
   """
   num_classes: int
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -94,6 +98,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   conv: Callable[..., nn.Module] = default_conv
   norm: Callable[..., nn.Module] = default_norm
+  grad_sum_dtype: str = grad_sum_dtype_field()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -101,7 +106,8 @@ class ResNet(nn.Module):
     block_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}.get(self.block)
     if block_cls is None:
       raise ValueError(f"unknown block {self.block!r}; expected 'basic' or 'bottleneck'")
-    conv = functools.partial(same_conv, self.conv, dtype=self.dtype)
+    conv_factory = conv_layer(self.conv, self.dtype, self.grad_sum_dtype)
+    conv = functools.partial(same_conv, conv_factory, dtype=self.dtype)
     norm = functools.partial(batch_norm, train, self.dtype, norm=self.norm)
     x = x.astype(self.dtype)
     if self.stem == "cifar":
@@ -116,8 +122,8 @@ class ResNet(nn.Module):
     for i, n_blocks in enumerate(self.stage_sizes):
       for j in range(n_blocks):
         stride = 2 if (i > 0 and j == 0) else 1
-        x = block_cls(self.width * 2**i, stride, self.dtype, conv=self.conv, norm=self.norm,
+        x = block_cls(self.width * 2**i, stride, self.dtype, conv=conv_factory, norm=self.norm,
                       name=f"stage{i + 1}_block{j + 1}")(x, train)
     feats = global_avg_pool(x)
-    logits = classifier(self.num_classes, self.dtype)(feats)
+    logits = classifier(self.num_classes, self.dtype, dense=dense_layer(self.dtype, self.grad_sum_dtype))(feats)
     return outputs(logits, feats)

@@ -8,6 +8,8 @@ WRN-28-10 has 36,479,194 parameters for 10 classes and 3-channel input.
 
 Layers are fields, as in flax's ResNet example: ``conv`` (called as ``nn.Conv``) and
 ``norm`` (called as ``nn.BatchNorm``), by default the XLA:CPU ops of ``jaxprotect.ops``.
+``grad_sum_dtype="float32"`` computes the convolution and head gradients in float32 under a
+bfloat16 ``dtype`` (``models.common``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxprotect.models.common import (
-    batch_norm, check_num_classes, classifier, default_conv, default_norm, global_avg_pool, outputs, same_conv)
+    batch_norm, check_num_classes, classifier, conv_layer, default_conv, default_norm, dense_layer, global_avg_pool,
+    grad_sum_dtype_field, outputs, same_conv)
 
 
 
@@ -53,6 +56,8 @@ class WideResNet(nn.Module):
 
   ``width`` is the stem width (16 in the paper). With ``dropout_rate > 0`` and ``train=True``
   a ``'dropout'`` rng is required. ``conv`` and ``norm`` build every convolution and BatchNorm.
+  ``grad_sum_dtype``: "compute" or "float32", the dtype of the convolution and head
+  parameter gradients and of their sums across devices (``models.common``).
   """
   num_classes: int
   depth: int = 28
@@ -62,6 +67,7 @@ class WideResNet(nn.Module):
   dtype: Any = jnp.float32
   conv: Callable[..., nn.Module] = default_conv
   norm: Callable[..., nn.Module] = default_norm
+  grad_sum_dtype: str = grad_sum_dtype_field()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -69,14 +75,15 @@ class WideResNet(nn.Module):
     if (self.depth - 4) % 6 != 0 or self.depth < 10:
       raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1, got {self.depth}")
     n = (self.depth - 4) // 6
+    conv = conv_layer(self.conv, self.dtype, self.grad_sum_dtype)
     x = x.astype(self.dtype)
-    x = same_conv(self.conv, self.width, 3, 1, self.dtype, name="stem_conv")(x)
+    x = same_conv(conv, self.width, 3, 1, self.dtype, name="stem_conv")(x)
     for i in range(3):
       for j in range(n):
         stride = 2 if (i > 0 and j == 0) else 1
         x = WideBlock(self.width * self.widen_factor * 2**i, stride, self.dropout_rate, self.dtype,
-                      conv=self.conv, norm=self.norm, name=f"stage{i + 1}_block{j + 1}")(x, train)
+                      conv=conv, norm=self.norm, name=f"stage{i + 1}_block{j + 1}")(x, train)
     x = nn.relu(batch_norm(train, self.dtype, name="final_bn", norm=self.norm)(x))
     feats = global_avg_pool(x)
-    logits = classifier(self.num_classes, self.dtype)(feats)
+    logits = classifier(self.num_classes, self.dtype, dense=dense_layer(self.dtype, self.grad_sum_dtype))(feats)
     return outputs(logits, feats)

@@ -19,10 +19,24 @@ plain layer itself on other platforms or with ``JAXPROTECT_XLA_CPU_DEFAULTS=0``
 The model zoo takes them as its defaults for the ``conv``, ``norm`` and ``pool`` fields
 (``jaxprotect.models.common``); pass ``nn.Conv``, ``nn.BatchNorm`` or another pooling to a
 zoo model to use the plain layers. Measurements: docs/BENCHMARKS.md.
+
+One more pair changes where the gradients of mixed-precision layers are summed, on every
+platform (``ops.mixed``):
+
+* ``Float32GradConv`` / ``Float32GradDense`` (functions ``conv_float32_grad`` /
+  ``dense_float32_grad``): ``nn.Conv`` / ``nn.Dense`` with the same variables and forward
+  values whose kernel and bias gradients are computed in float32 under a bfloat16 compute
+  dtype, so that their sums across devices are float32 all-reduces. The zoo uses them for
+  ``grad_sum_dtype="float32"``.
 """
 
 from jaxprotect.ops.conv import PATCH_CONV_MAX_IN_CHANNELS, conv_general_dilated
+from jaxprotect.ops.mixed import (
+    Float32GradConv, Float32GradDense, conv_float32_grad, dense_float32_grad, splits_precision)
 from jaxprotect.ops.norm import BatchNorm
 from jaxprotect.ops.pool import max_pool_2x2
 
-__all__ = ["PATCH_CONV_MAX_IN_CHANNELS", "BatchNorm", "conv_general_dilated", "max_pool_2x2"]
+__all__ = [
+    "PATCH_CONV_MAX_IN_CHANNELS", "BatchNorm", "Float32GradConv", "Float32GradDense", "conv_float32_grad",
+    "conv_general_dilated", "dense_float32_grad", "max_pool_2x2", "splits_precision",
+]
