@@ -31,7 +31,7 @@ import pathlib
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -49,6 +49,27 @@ def victim_dir(source: pathlib.Path, method: str, seed: int, victim: str) -> pat
                               f"found {len(found)}")
     return found[0]
   return source / method / f"seed{seed}-{victim}" / "poisoned"
+
+
+def sweep(args: argparse.Namespace, methods: Sequence[str], seeds: Sequence[int],
+          one: Callable[[pathlib.Path, pathlib.Path], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+  """``one(victim run dir, workdir)`` for every seed and method of ``args.source`` (seed-major:
+  an interrupted sweep leaves whole seeds); the results per method, in seed order."""
+  results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+  for seed in seeds:
+    for method in methods:
+      results[method].append(one(victim_dir(args.source, method, seed, args.victim),
+                                 args.workdir / method / f"seed{seed}"))
+  return results
+
+
+def write_table(workdir: pathlib.Path, table: dict[str, Any], render_fn: Callable[[dict[str, Any]], str]) -> None:
+  """``table.json`` and ``table.md`` (``render_fn(table)``) in ``workdir``; prints the Markdown."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "table.json").write_text(json.dumps(table, indent=1))
+  text = render_fn(table)
+  (workdir / "table.md").write_text(text)
+  print(text)
 
 
 def certify_one(model: pathlib.Path, workdir: pathlib.Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -157,17 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   methods = [m for m in args.methods.split(",") if m]
   seeds = [int(s) for s in args.seeds.split(",") if s]
   etas = [float(e) for e in args.etas.split(",") if e]
-  results = {m: [] for m in methods}
-  for seed in seeds:  # seed-major: an interrupted sweep leaves whole seeds
-    for method in methods:
-      model = victim_dir(args.source, method, seed, args.victim)
-      results[method].append(certify_one(model, args.workdir / method / f"seed{seed}", args))
-  table = build_table(results, etas)
-  args.workdir.mkdir(parents=True, exist_ok=True)
-  (args.workdir / "table.json").write_text(json.dumps(table, indent=1))
-  text = render(table, args)
-  (args.workdir / "table.md").write_text(text)
-  print(text)
+  results = sweep(args, methods, seeds, lambda model, workdir: certify_one(model, workdir, args))
+  write_table(args.workdir, build_table(results, etas), lambda table: render(table, args))
   return 0
 
 

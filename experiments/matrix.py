@@ -2,7 +2,7 @@
 
   jaxprotect matrix --config experiments/matrix.py:<variant> --workdir DIR \\
       [--config.matrix.seeds=0,1,2] [--config.matrix.protections=clean,random,ops] \\
-      [--config.matrix.defenses=none,jpeg] [--config.matrix.victims=default,mlp:width=64]
+      [--config.matrix.defenses=none,jpeg] [--config.matrix.victims=default,fast,mlp:width=64]
 
 Each protection is crafted once per seed (``workdir/poisons/<protection>/seed<k>``), then a
 victim is trained on it under each defense, for each victim recipe and seed; the clean victim
@@ -41,6 +41,10 @@ Variants:
 ``--config.craft.*`` and ``--config.surrogate.*`` do not reach these protections (their crafting
 sections come from their files): ``--config.matrix.overrides=craft.max_iterations=2`` changes
 every protection (and replaces the variant's own ``matrix.overrides``).
+
+Victims: ``default`` (the variant's victim section), ``model[:key=value...]``, or the named
+recipe ``fast`` (``matrix.VICTIM_RECIPES``: a small CNN in 6 epochs at batch 256, for
+screening many cells; docs/results/unlearnable.md).
 
 Evaluation leaves out the feature MI diagnostic (``evaluate.feature_mi_examples=0``); set it
 to record each poisoned victim's feature MI in ``results.json``.

@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from certify_seeds import LABELS, REPO, victim_dir
+from certify_seeds import LABELS, REPO, sweep, write_table
 
 METHODS = ("clean", "em_sample", "em_class", "mi_ue", "random", "pue")
 CONFIDENCE = 0.95
@@ -113,17 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   args.attacks = [a for a in args.attacks.split(",") if a]
   methods = [m for m in args.methods.split(",") if m]
   seeds = [int(s) for s in args.seeds.split(",") if s]
-  results = {m: [] for m in methods}
-  for seed in seeds:  # seed-major: an interrupted sweep leaves whole seeds
-    for method in methods:
-      model = victim_dir(args.source, method, seed, args.victim)
-      results[method].append(recover_one(model, args.workdir / method / f"seed{seed}", args, overrides))
-  table = build_table(results, args.baseline)
-  args.workdir.mkdir(parents=True, exist_ok=True)
-  (args.workdir / "table.json").write_text(json.dumps(table, indent=1))
-  text = render(table, args)
-  (args.workdir / "table.md").write_text(text)
-  print(text)
+  results = sweep(args, methods, seeds, lambda model, workdir: recover_one(model, workdir, args, overrides))
+  write_table(args.workdir, build_table(results, args.baseline), lambda table: render(table, args))
   return 0
 
 

@@ -103,7 +103,7 @@ def test_matrix_resumes_and_reruns_without_recomputing(tmp_path, monkeypatch, ca
 @pytest.mark.parametrize("override, match", [
     ("matrix.protections=clean,frobnicate", r"matrix.protections: unknown protection.*'frobnicate'.*em_sample"),
     ("matrix.defenses=none,frobnicate", r"matrix.defenses: unknown defense.*'frobnicate'.*ueraser"),
-    ("matrix.victims=default,nosuchnet:width=4", r"matrix.victims: unknown model 'nosuchnet'.*small_cnn"),
+    ("matrix.victims=default,nosuchnet:width=4", r"matrix.victims: unknown model 'nosuchnet'.*fast.*small_cnn"),
     ("matrix.defenses=none,grayscale", r"matrix.defenses: 'grayscale' does not apply.*channel"),
     ("matrix.seeds=0,0", r"matrix.seeds"),
 ])
@@ -130,3 +130,12 @@ def test_specs_and_builtin_protections():
     matrix.protection_config(c, "ops", specs={"ops": "|craft.no_such_field=1"})
   assert matrix.parse_victim("resnet18:width=8") == ("resnet18-width=8",
                                                       ["victim.model=resnet18", "victim.model_kwargs.width=8"])
+
+
+def test_the_fast_victim_recipe_sets_its_fields_then_the_model_keywords():
+  name, overrides = matrix.parse_victim("fast:width=16")
+  assert name == "fast-width=16" and overrides[-1] == "victim.model_kwargs.width=16"
+  v = config_lib.apply_overrides(_config(), overrides).victim
+  assert (v.model, v.epochs, v.batch_size, v.model_kwargs.width) == ("small_cnn", 6, 256, 16)
+  assert (v.optimizer.nesterov, v.optimizer.warmup_epochs, v.label_smoothing) == (True, 0.5, 0.1)
+  assert matrix.parse_victim("fast")[1] == list(matrix.VICTIM_RECIPES["fast"])
