@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = [
@@ -70,9 +71,20 @@ class Checkpointer:
     return restored["state"], meta
 
   def restore_raw(self, step: int | None = None) -> Any:
-    """The saved state as a tree of host arrays, without a template (for inspection)."""
+    """The saved state as a tree of host (numpy) arrays, without a template: the shapes and
+    dtypes come from the checkpoint's metadata, so it reads a checkpoint written on any
+    devices (another process layout included; without a target Orbax would put each array
+    back on the device ids that saved it)."""
     step = self.latest_step() if step is None else step
-    return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    if step is None:
+      raise ValueError(f"no checkpoint in {self.directory}")
+    reader = ocp.CheckpointManager(self.directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
+    try:
+      tree = reader.item_metadata(step)["state"]
+      host = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), getattr(tree, "tree", tree))
+      return reader.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(host)))["state"]
+    finally:
+      reader.close()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

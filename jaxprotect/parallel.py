@@ -20,8 +20,9 @@ from jaxprotect import platform
 
 __all__ = [
     "COMPILATION_CACHE_ENV", "DATA_AXIS", "check_divisible", "data_sharded", "enable_compilation_cache",
-    "is_main_process", "make_mesh", "mesh_from_config", "maybe_initialize_distributed", "num_shards",
-    "process_slice", "put", "put_process_local", "to_host", "replicated", "sync_each_step",
+    "is_main_process", "local_rows", "make_mesh", "map_local_blocks", "mesh_from_config",
+    "maybe_initialize_distributed", "num_shards", "place", "process_slice", "put", "put_process_local", "to_host",
+    "replicated", "sync_each_step",
 ]
 
 DATA_AXIS = "data"
@@ -155,6 +156,85 @@ def put(tree: Any, sharding: NamedSharding) -> Any:
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
   return jax.tree.map(place, tree)
+
+
+def place(tree: Any, sharding: NamedSharding) -> Any:
+  """Puts a pytree on ``sharding``, in one process or several: ``jax.device_put`` where this
+  process addresses every device of ``sharding`` or where a leaf is already an array spread
+  over processes (a reshard, a collective: every process calls it); otherwise each host
+  value (numpy, a scalar, an array on this process's devices), identical on every process,
+  is cut into this process's shards with no communication (``jax.device_put`` would check
+  that the value is the same everywhere, an all-gather of the whole value)."""
+  if not isinstance(sharding, NamedSharding):
+    raise ValueError(f"sharding: expected a NamedSharding, got {type(sharding).__name__}")
+
+  def one(x):
+    if sharding.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+      return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    x = x.astype(jax.dtypes.canonicalize_dtype(x.dtype), copy=False)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(one, tree)
+
+
+def _block_key(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
+  return tuple(s.indices(n) for s, n in zip(index, shape))
+
+
+def map_local_blocks(fn: Any, x: jax.Array) -> jax.Array:
+  """An array of ``x``'s shape, dtype and sharding whose block at every ``index`` is
+  ``fn(block, index)`` of ``x``'s block there, computed on the host from this process's
+  shards only (each distinct block once): no communication, so it works for arrays split
+  over processes. ``fn`` must keep the block's shape and dtype (an elementwise host
+  transform, e.g. quantising images)."""
+  if not callable(fn):
+    raise ValueError(f"fn: expected a function of (block, index), got {type(fn).__name__}")
+  if not isinstance(x, jax.Array):
+    raise ValueError(f"x: expected a jax.Array, got {type(x).__name__}")
+  blocks: dict[Any, np.ndarray] = {}
+  for shard in x.addressable_shards:
+    key = _block_key(shard.index, x.shape)
+    if key not in blocks:
+      block = np.asarray(shard.data)
+      out = np.asarray(fn(block, shard.index))
+      if out.shape != block.shape or out.dtype != block.dtype:
+        raise ValueError(f"fn: must keep the block's shape and dtype {block.shape} {block.dtype}, "
+                         f"got {out.shape} {out.dtype}")
+      blocks[key] = out
+  return jax.make_array_from_callback(x.shape, x.sharding, lambda index: blocks[_block_key(index, x.shape)])
+
+
+def local_rows(x: jax.Array, rows: Any) -> np.ndarray:
+  """``x[rows]`` (``rows``: integer positions along the leading axis) on this host, read
+  from this process's shards of ``x`` with no communication. Raises ValueError naming the
+  first row that only other processes hold (an array split along its leading axis over
+  processes)."""
+  if not isinstance(x, jax.Array):
+    raise ValueError(f"x: expected a jax.Array, got {type(x).__name__}")
+  rows = np.asarray(rows)
+  if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or x.ndim < 1:
+    raise ValueError(f"rows: expected a vector of integer positions into a leading axis, got shape {rows.shape} "
+                     f"dtype {rows.dtype} for an array of shape {x.shape}")
+  n = x.shape[0]
+  if rows.size and (rows.min() < -n or rows.max() >= n):
+    raise ValueError(f"rows: positions must be in [-{n}, {n}), got [{rows.min()}, {rows.max()}]")
+  rows = np.where(rows < 0, rows + n, rows)
+  out = np.empty((rows.size, *x.shape[1:]), x.dtype)
+  found = np.zeros(rows.size, bool)
+  for shard in x.addressable_shards:
+    key = _block_key(shard.index, x.shape)
+    if any(k != (0, m, 1) for k, m in zip(key[1:], x.shape[1:])):
+      raise ValueError(f"x: expected an array split along its leading axis only, got sharding {x.sharding}")
+    start, stop, _ = key[0]
+    hit = ~found & (rows >= start) & (rows < stop)
+    if hit.any():
+      out[hit] = np.asarray(shard.data)[rows[hit] - start]
+      found |= hit
+  if not found.all():
+    raise ValueError(f"rows: row {int(rows[~found][0])} of an array of {n} is held only by other processes "
+                     f"(sharding {x.sharding}); gather it with to_host on every process")
+  return out
 
 
 def to_host(x: Any) -> np.ndarray:

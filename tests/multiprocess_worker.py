@@ -1,11 +1,18 @@
 """One process of a multi-process run on localhost (tests/test_multiprocess.py).
 
-  python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR [train|craft]
+  python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR [TASK [ARG]]
 
 Joins a ``jax.distributed`` job on 127.0.0.1:PORT with gloo CPU collectives and the
-simulated devices that XLA_FLAGS gives this process, then runs in WORKDIR either
-``runner.fit`` of ``tiny_config()`` -- process 0 writing the final parameters to
-WORKDIR/params.npz -- or ``unlearnable.craft`` of ``tiny_craft_config()``.
+simulated devices that XLA_FLAGS gives this process, then runs TASK in WORKDIR:
+
+* ``train`` (default): ``runner.fit`` of ``tiny_config()``, process 0 writing the final
+  parameters to WORKDIR/params.npz;
+* ``craft``: ``unlearnable.craft`` of ``tiny_craft_config()``;
+* ``certify MODEL_DIR``: ``unlearnable.certify`` of ``tiny_certify_config(MODEL_DIR)``;
+* ``evaluate POISON_DIR``: ``victims.evaluate`` of ``tiny_victim_config(POISON_DIR)`` (the
+  sharded layout), process 0 writing the poisoned victim's final variables to
+  WORKDIR/victim.npz (leaves in tree order) and, alone, the poison's preview to
+  WORKDIR/preview.png.
 """
 
 import os
@@ -29,19 +36,65 @@ def tiny_craft_config():
       "data.train_subset=512", "surrogate.batch_size=64", "surrogate.eval_batch_size=512", "surrogate.model=small_cnn",
       "surrogate.model_kwargs.width=8", "craft.pgd.batch_size=128", "craft.pgd.steps=2", "craft.train_steps=2",
       "craft.max_iterations=2", "craft.stop_error=0.0", "runtime.progress=false", "runtime.tensorboard=false",
-      "export.preview=false"])
+      "export.preview=true"])  # process 0 alone draws it from its own copy of the images
+
+
+def tiny_certify_config(model_dir):
+  from jaxprotect import config as config_lib
+  from jaxprotect.unlearnable import certify
+  return config_lib.apply_overrides(certify.certify_config(), [
+      f"certify.model={model_dir}", "certify.num_draws=8", "certify.chunk=2", "certify.sigma=0.02",
+      "certify.batch_size=400", "runtime.progress=false", "runtime.tensorboard=false"])
+
+
+def tiny_victim_config(poison_dir):
+  """A victim trained for one epoch on ``tiny_craft_config``'s data laid out sharded, half of
+  it carrying the poison, stored as uint8 (every host read of poison_io on that layout)."""
+  from jaxprotect import config as config_lib
+  return config_lib.apply_overrides(tiny_craft_config(), [
+      "data.layout=sharded", "victim.model_kwargs.width=8", "victim.epochs=1", "victim.batch_size=64",
+      "victim.eval_batch_size=400", f"evaluate.poison={poison_dir}", "evaluate.clean=false",
+      "evaluate.poison_fraction=0.5", "evaluate.quantize=round"])
 
 
 def main(argv):
   process_id, num_processes, port, workdir = int(argv[0]), int(argv[1]), argv[2], argv[3]
   task = argv[4] if len(argv) > 4 else "train"
+  arg = argv[5] if len(argv) > 5 else None
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from jaxprotect import platform
+  platform.apply_cpu_xla_flags()  # the flags of the test process (conftest.py): the same compiled programs
   import jax
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes,
                              process_id=process_id, initialization_timeout=120)
   import numpy as np
-  from jaxprotect import runner
+  from jaxprotect import parallel, runner
+  parallel.enable_compilation_cache()  # as the test process (conftest.py) and the CLI do
+  if task == "certify":
+    from jaxprotect.unlearnable import certify
+    results = certify.certify(tiny_certify_config(arg), workdir)
+    print("devices", jax.device_count(), "processes", jax.process_count(), "mean", results["mean_accuracy"],
+          flush=True)
+    jax.distributed.shutdown()
+    return
+  if task == "evaluate":
+    from jaxprotect import data
+    from jaxprotect.unlearnable import poison_io, victims
+    config = tiny_victim_config(arg)
+    results = victims.evaluate(config, workdir)
+    _, variables, _ = runner.load_trained(os.path.join(workdir, "poisoned"))  # every process: Orbax syncs them
+    ds = data.from_config(config)
+    if jax.process_index() == 0:
+      np.savez(os.path.join(workdir, "victim.npz"), *jax.tree.leaves(variables))
+      # process 0 alone: checking a poison against a split sharded over both processes and
+      # drawing its preview read this host's copies and shards only
+      poison = poison_io.load_poison(arg, ds)
+      poison_io.save_preview(os.path.join(workdir, "preview.png"), ds, poison.delta, poison.mode, 8 / 255)
+    print("devices", jax.device_count(), "processes", jax.process_count(), "accuracy",
+          results["test_accuracy"]["poisoned"], flush=True)
+    jax.distributed.shutdown()
+    return
   if task == "craft":
     from jaxprotect.unlearnable import crafting
     results = crafting.craft(tiny_craft_config(), workdir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from typing import Any
 
 import flax.struct
@@ -123,7 +124,9 @@ class DeviceDataset:
       raise ValueError(f"{mode}-wise perturbation must have shape {want}, got {tuple(delta.shape)}")
     checks.check_floating(delta, "delta")
     sharding = self.train.images.sharding if mode == "sample" else parallel.replicated(self.mesh)
-    delta = jax.device_put(jnp.asarray(delta, jnp.float32), sharding)
+    # A host array (or one on this process's devices) is cut into each process's own shards.
+    delta = jnp.asarray(delta, jnp.float32) if isinstance(delta, jax.Array) else np.asarray(delta, np.float32)
+    delta = parallel.place(delta, sharding)
     return dataclasses.replace(self, train=self.train.replace(delta=delta, delta_mode=mode))
 
 
@@ -150,12 +153,56 @@ def split_to_device(split: ArraySplit, mesh: Mesh, layout: str = "replicated", n
     sharding = parallel.data_sharded(mesh)
   else:
     sharding = parallel.replicated(mesh)
-  arrays = parallel.put(
-      {"images": np.ascontiguousarray(split.images), "labels": split.labels.astype(np.int32),
-       "ids": split.ids.astype(np.int32)},
-      sharding,
-  )
+  host = {"images": np.ascontiguousarray(split.images), "labels": split.labels.astype(np.int32),
+          "ids": split.ids.astype(np.int32)}
+  arrays = parallel.put(host, sharding)
+  for field in ("labels", "ids"):
+    _remember(arrays[field], host[field])
   return DeviceSplit(**arrays)
+
+
+# Host copies of the labels and ids that split_to_device placed, keyed by the device array
+# (an entry goes when its array is collected): host_value reads them with no communication
+# even where a split is sharded over processes, e.g. on process 0 alone. Images are not
+# kept (memory); a split's labels and ids are never replaced by a perturbation or a defense.
+_HOST_COPIES: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+
+def _remember(device: jax.Array, host: np.ndarray) -> None:
+  try:
+    ref = weakref.ref(device)
+  except TypeError:  # an array type without weak references: no host copy, read its shards
+    return
+  key = id(device)
+  host.setflags(write=False)  # handed out as it is: callers must not change the registered copy
+  _HOST_COPIES[key] = (ref, host)
+  weakref.finalize(device, _HOST_COPIES.pop, key, None)
+
+
+def host_value(x: Any, rows: Any = None) -> np.ndarray:
+  """A dataset array (``split.labels``, ``split.ids``, ``split.images``, ...) or its
+  ``rows`` (positions along the example axis) as numpy on this host, with no
+  communication -- so any process may call it alone: the host copy of labels and ids that
+  ``split_to_device`` placed (while that device array lives), else the array itself where
+  this process holds all of it (one process, or the replicated layout), else this
+  process's shards. Raises ValueError for rows held only by other processes (a sharded
+  layout over several processes); ``parallel.to_host``, called by every process, gathers
+  those."""
+  entry = _HOST_COPIES.get(id(x)) if isinstance(x, jax.Array) else None
+  if entry is not None and entry[0]() is x:
+    value = entry[1]
+  elif not isinstance(x, jax.Array):
+    value = np.asarray(x)
+  elif rows is None and (x.is_fully_addressable or x.is_fully_replicated):
+    return np.asarray(jax.device_get(x))
+  else:
+    return parallel.local_rows(x, np.arange(x.shape[0]) if rows is None else rows)
+  if rows is None:
+    return value
+  rows = np.asarray(rows)
+  if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+    raise ValueError(f"rows: expected a vector of integer positions, got shape {rows.shape} dtype {rows.dtype}")
+  return value[rows]
 
 
 def check_split(split: ArraySplit, name: str = "split", num_classes: int | None = None) -> None:

@@ -208,7 +208,7 @@ def make_draw_eval(model, mesh, batch_size: int, num_draws: int, radius: bool = 
     return jax.lax.with_sharding_constraint(correct_D / split.size, parallel.replicated(mesh))
 
   def accuracies(variables, split, key, start, sigma):
-    return run_draws(jax.device_put(variables, parallel.replicated(mesh)), split, key, start, sigma)
+    return run_draws(parallel.place(variables, parallel.replicated(mesh)), split, key, start, sigma)
 
   accuracies.jitted = run_draws  # for ahead-of-time compiles
   return accuracies
@@ -249,7 +249,12 @@ def certify(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh=
             dataset: data.DeviceDataset | None = None) -> dict[str, Any]:
   """Evaluates ``certify.num_draws`` weight draws of the model in ``certify.model`` on its
   clean test split (resuming after a kill at the last finished chunk) and writes the
-  certified curve over ``certify.etas`` to ``results.json`` and ``certified.png``."""
+  certified curve over ``certify.etas`` to ``results.json`` and ``certified.png``.
+
+  In a multi-process run every process calls it with the same config: the model's weights
+  are placed from each host's copy, the accuracies are replicated arrays (checkpointed by
+  every process through Orbax), and process 0 alone writes the run directory's files. The
+  accuracies equal those of one process over the same number of devices, bitwise."""
   config_lib.check_fields(config, certify_config())
   c = config.certify
   _check_scalars(c.q, c.sigma, c.confidence)
@@ -264,7 +269,7 @@ def certify(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh=
   chunk = _chunk_size(c.chunk, variables["params"], n)
   evaluate = make_draw_eval(model, mesh, c.batch_size, chunk)
   rep = parallel.replicated(mesh)
-  variables = jax.device_put(variables, rep)
+  variables = parallel.place(variables, rep)  # host arrays: each process places its own copies
   key = jax.random.PRNGKey(c.seed)
   chunks = -(-n // chunk)
   phase = run.Phase(workdir, "certify", config, dataset=ds, total=n, unit="draw", sections=("certify",),

@@ -89,7 +89,7 @@ def save_poison(directory: os.PathLike | str, delta: np.ndarray, mode: str, ds: 
     np.save(tmp / "delta.npy", np.asarray(delta, np.float32))
     files = ["delta.npy"]
     if mode == "sample":
-      np.save(tmp / "ids.npy", np.asarray(jax.device_get(ds.train.ids), np.int32))
+      np.save(tmp / "ids.npy", np.asarray(data.host_value(ds.train.ids), np.int32))
       files.append("ids.npy")
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
     craft, surrogate = cfg.get("craft") or {}, cfg.get("surrogate") or {}
@@ -170,7 +170,7 @@ def check_matches(poison: Poison, ds: data.DeviceDataset) -> None:
         "use the data.name, data.dir and data.train_subset the poison was crafted with")
   if tuple(poison.delta.shape[1:]) != tuple(ds.train.image_shape):
     raise ValueError(f"{where}: perturbation shape {poison.delta.shape[1:]} != image shape {ds.train.image_shape}")
-  if poison.mode == "sample" and not np.array_equal(poison.ids, np.asarray(jax.device_get(ds.train.ids))):
+  if poison.mode == "sample" and not np.array_equal(poison.ids, data.host_value(ds.train.ids)):
     raise ValueError(f"{where}: example ids differ from the dataset's")
   if poison.mode == "class" and poison.delta.shape[0] != ds.num_classes:
     raise ValueError(f"{where}: {poison.delta.shape[0]} class perturbations for {ds.num_classes} classes")
@@ -231,7 +231,7 @@ def apply(ds: data.DeviceDataset, poison: Poison, fraction: float = 1.0, seed: i
     delta = np.maximum(delta, np.float32(0))
   if fraction < 1.0 or quantize:
     if mode == "class":  # expand to per-example rows (clean examples get zeros, stored images need one each)
-      delta = delta[np.asarray(jax.device_get(ds.train.labels))]
+      delta = delta[data.host_value(ds.train.labels)]
       mode = "sample"
   if fraction < 1.0:
     n = ds.train.size
@@ -239,11 +239,13 @@ def apply(ds: data.DeviceDataset, poison: Poison, fraction: float = 1.0, seed: i
     chosen[np.random.default_rng(seed).permutation(n)[: int(round(fraction * n))]] = True
     delta = np.where(chosen[:, None, None, None], delta, 0.0).astype(np.float32)
   if quantize:
-    images = quantized_images(parallel.to_host(ds.train.images), delta, quantize)
-    out = dataclasses.replace(ds, train=ds.train.replace(images=parallel.put(images, ds.train.images.sharding),
-                                                         delta=None, delta_mode="none"))
+    # Each process quantises the images it holds (elementwise, so the same bytes as one
+    # pass over the whole set): no gather of a split that is sharded over processes.
+    images = parallel.map_local_blocks(lambda block, index: quantized_images(block, delta[index], quantize),
+                                       ds.train.images)
+    out = dataclasses.replace(ds, train=ds.train.replace(images=images, delta=None, delta_mode="none"))
   else:
-    out = ds.with_perturbation(jnp.asarray(delta), mode)
+    out = ds.with_perturbation(np.asarray(delta, np.float32), mode)
   key = f"{ds.fingerprint}|{poison.digest}|{fraction}|{seed}"
   if quantize or drop_negative:  # (the key of a plain float poison is unchanged)
     key += f"|quantize={quantize}|drop_negative={bool(drop_negative)}"
@@ -263,7 +265,7 @@ def export_npz(path: os.PathLike | str, ds: data.DeviceDataset, poison: Poison) 
   ``jaxprotect.data.load(path)`` (or numpy) reads: ``x_train`` (uint8 NHWC), ``y_train``,
   ``ids_train``, ``x_test``, ``y_test``, ``ids_test``, ``num_classes``."""
   path = pathlib.Path(path)
-  get = lambda a: np.asarray(jax.device_get(a))  # noqa: E731
+  get = data.host_value
   arrays = {"x_train": poisoned_images(ds, poison), "y_train": get(ds.train.labels), "ids_train": get(ds.train.ids),
             "x_test": get(ds.test.images), "y_test": get(ds.test.labels), "ids_test": get(ds.test.ids),
             "num_classes": np.int64(ds.num_classes)}
@@ -283,8 +285,8 @@ def export_png(directory: os.PathLike | str, ds: data.DeviceDataset, poison: Poi
 
   directory = pathlib.Path(directory)
   images = poisoned_images(ds, poison)
-  labels = np.asarray(jax.device_get(ds.train.labels))
-  ids = np.asarray(jax.device_get(ds.train.ids))
+  labels = data.host_value(ds.train.labels)
+  ids = data.host_value(ds.train.ids)
   tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
   try:
     for img, y, i in zip(images, labels, ids):
@@ -297,20 +299,35 @@ def export_png(directory: os.PathLike | str, ds: data.DeviceDataset, poison: Poi
   return directory
 
 
+def _held_rows(x: jax.Array) -> np.ndarray:
+  """A mask of the rows of ``x`` (along its leading axis) that this process holds."""
+  n = x.shape[0]
+  if x.is_fully_addressable or x.is_fully_replicated:
+    return np.ones(n, bool)
+  held = np.zeros(n, bool)
+  for shard in x.addressable_shards:
+    held[shard.index[0]] = True
+  return held
+
+
 def save_preview(path: os.PathLike | str, ds: data.DeviceDataset, delta: np.ndarray, mode: str, eps: float) -> bool:
-  """A 3-row grid, one column per class (its first training example): clean, the
-  perturbation mapped from [-eps, eps] to [0, 1], and the poisoned image. Without
-  matplotlib (the ``plot`` extra) nothing is drawn and a warning is logged. Returns whether
-  it wrote ``path``."""
+  """A 3-row grid, one column per class (its first training example; in a multi-process run
+  with the training split sharded, the first this process holds): clean, the perturbation
+  mapped from [-eps, eps] to [0, 1], and the poisoned image. Reads the dataset with no
+  communication, so process 0 may call it alone. Without matplotlib (the ``plot`` extra)
+  nothing is drawn and a warning is logged. Returns whether it wrote ``path``."""
   from jaxprotect import platform  # noqa: PLC0415
 
   plt = platform.pyplot(f"the poison preview {path}")
   if plt is None:
     return False
 
-  labels = np.asarray(jax.device_get(ds.train.labels))
-  cols = [int(np.flatnonzero(labels == c)[0]) for c in range(ds.num_classes) if np.any(labels == c)]
-  clean = np.asarray(jax.device_get(ds.train.images[np.asarray(cols)]), np.float32) / 255.0
+  labels = data.host_value(ds.train.labels)
+  # The first example of each class among the images this process holds (all of them unless
+  # the training split is sharded over processes): process 0 draws it alone.
+  held = _held_rows(ds.train.images)
+  cols = [int(np.flatnonzero((labels == c) & held)[0]) for c in range(ds.num_classes) if np.any((labels == c) & held)]
+  clean = data.host_value(ds.train.images, np.asarray(cols)).astype(np.float32) / 255.0
   d = delta[np.asarray(cols)] if mode == "sample" else delta[labels[cols]]
   rows = [clean, np.clip(d / (2 * eps) + 0.5, 0, 1), np.clip(clean + d, 0, 1)]
   fig, axes = plt.subplots(3, len(cols), figsize=(1.2 * len(cols), 3.8), squeeze=False)
