@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from jaxprotect import checks, config as config_lib, data, models, parallel, run, runner, train
 
@@ -186,13 +187,20 @@ def make_draw_eval(model, mesh, batch_size: int, num_draws: int, radius: bool = 
   model = models.as_model(model)
   d = checks.check_positive_int(num_draws, "num_draws")
 
-  def apply_fn(variables, x):
+  def local_draws(variables, x):
     def one(index):
       noisy = {**variables["clean"], "params": _noisy(variables["clean"]["params"], jax.random.fold_in(
           variables["key"], index), variables["sigma"], radius)}
       return model.apply(noisy, x, train=False)[0]
 
-    return train.map_draws(one, variables["start"] + jnp.arange(d), mesh, vectorize)  # D x B x K
+    return train.map_draws(one, variables["start"] + jnp.arange(d), mesh, vectorize)  # D x B_local x K
+
+  # Each device draws every perturbation itself (from the key: no traffic) and evaluates its
+  # own rows of the batch. Left to the partitioner, the vmapped draws become one grouped
+  # convolution whose groups it splits over the devices, all-gathering the whole batch's
+  # activations at every layer (1.1 GB per layer for ResNet-18 on 8 GPUs).
+  apply_fn = jax.shard_map(local_draws, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS)),
+                           out_specs=P(None, parallel.DATA_AXIS))
 
   scan = train.make_split_scan(model, mesh, batch_size, apply_fn=apply_fn)
 
