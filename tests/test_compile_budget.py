@@ -36,7 +36,7 @@ COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 # Programs of the first run, counted alone in a fresh process (jax 0.10.2, one CPU device):
 # 19 of the engine and the crafting / victim code -- initial state x2 (surrogate, victim),
-# training step x2, epoch order, PGD row, pass order, perturbation copy, initial
+# training step x2, epoch order, PGD row, pass slots, pass result, initial
 # perturbation, evaluation x3 (perturbed and clean training set, test set), feature
 # batches x2 (clean and poisoned split), seed keys, per-iteration key, L-inf norm, the
 # seed's PRNGKey (2) -- and 13 op-by-op programs of the poison's upload and preview

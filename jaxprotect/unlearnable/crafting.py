@@ -356,7 +356,7 @@ def craft(
   if c.mode == "sample":
     sample_passes = {robust: pgd.make_samplewise_pass(model, objective, mesh, c.pgd.batch_size, c.pgd.steps,
                                                       loop=c.pgd.loop or None,
-                                                      weight_noise=noise_pgd if robust else None)
+                                                      weight_noise=noise_pgd if robust else None, donate=True)
                      for robust in chunks}
 
     def perturb(variables, split, eps, alpha, key, iteration, robust):

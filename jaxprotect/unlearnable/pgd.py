@@ -22,7 +22,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxprotect import checks, losses, parallel, platform, train
-from jaxprotect.data.augment import augment_batch
+from jaxprotect.data.augment import AugmentConfig, augment_batch
 from jaxprotect.data.device import DeviceSplit
 from jaxprotect.models.contract import Model, as_model, features_of
 
@@ -203,6 +203,23 @@ def make_batch_pgd(model: nn.Module | Model, objective: Objective, num_steps: in
   return pgd
 
 
+def _grid(num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """``pass_rows`` without a key: the positions in the fixed order and the first-visit mask."""
+  full = num_examples // batch_size
+  pos = jnp.arange(full * batch_size, dtype=jnp.int32).reshape(full, batch_size)
+  mask = jnp.ones_like(pos, dtype=bool)
+  if num_examples % batch_size:
+    last = jnp.arange(num_examples - batch_size, num_examples, dtype=jnp.int32)
+    pos = jnp.concatenate([pos, last[None]])
+    mask = jnp.concatenate([mask, (last >= full * batch_size)[None]])
+  return pos, mask
+
+
+def _order(key: jax.Array, num_examples: int) -> jax.Array:
+  """The visiting order of a pass with an order key: ``jax.random.permutation``, int32."""
+  return jax.random.permutation(key, num_examples).astype(jnp.int32)
+
+
 def pass_rows(num_examples: int, batch_size: int, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Positions R x B visiting every example once, and the mask of the rows' first visits.
 
@@ -212,15 +229,9 @@ def pass_rows(num_examples: int, batch_size: int, key: jax.Array | None = None) 
   with the examples just before it in that order (they give context to batch-level
   objectives but are not updated a second time: their mask entries are False).
   """
-  full = num_examples // batch_size
-  pos = jnp.arange(full * batch_size, dtype=jnp.int32).reshape(full, batch_size)
-  mask = jnp.ones_like(pos, dtype=bool)
-  if num_examples % batch_size:
-    last = jnp.arange(num_examples - batch_size, num_examples, dtype=jnp.int32)
-    pos = jnp.concatenate([pos, last[None]])
-    mask = jnp.concatenate([mask, (last >= full * batch_size)[None]])
+  pos, mask = _grid(num_examples, batch_size)
   if key is not None:  # row r, column b visits order[pos[r, b]]: a relabelling of the positions
-    pos = jax.random.permutation(key, num_examples).astype(jnp.int32)[pos]
+    pos = _order(key, num_examples)[pos]
   return pos, mask
 
 
@@ -231,9 +242,72 @@ def _check_pass_args(split: DeviceSplit, eps: Any, alpha: Any) -> None:
   checks.check_nonnegative(alpha, "alpha")
 
 
+# -- The sample-wise pass in pass order ----------------------------------------------------
+#
+# The pass holds the training set as R x B "slots": slot (r, b) is the example that row r of
+# ``pass_rows`` visits in column b, each example flattened to one row of H * W * C values,
+# and the slots are split along the mesh's ``data`` axis over b. Each device then holds,
+# for every batch, exactly the examples it computes on: a batch reads and writes its
+# perturbation without communication, whatever the number of devices (but for a last,
+# partial batch, whose context rows come from the devices that just updated them). The perturbation
+# enters and leaves the slots once per pass (a gather, then its inverse); it moves as
+# unsigned integers of its width, so that no collective can alter a bit (-0.0 stays -0.0).
+
+
+def _bits(x: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * jnp.dtype(x.dtype).itemsize}"))
+
+
+def _to_slots(rows: jax.Array, order: jax.Array | None, batch_size: int, sharding: NamedSharding,
+              source: NamedSharding | None = None) -> jax.Array:
+  """``rows`` (N x ...) as R x B x ...: slot (r, b) holds the row of ``pass_rows(N, B)``'s
+  position (r, b) in ``order`` (the fixed order when None). ``source``: the layout of
+  ``rows`` as it comes (kept, so that replicated rows are sliced where they are)."""
+  n = rows.shape[0]
+  if source is not None:
+    rows = jax.lax.with_sharding_constraint(rows, source)
+  full = n // batch_size
+  if order is None:  # contiguous rows, and the last batch's context just before it
+    slots = rows[:full * batch_size].reshape(full, batch_size, *rows.shape[1:])
+    if n % batch_size:
+      slots = jnp.concatenate([slots, rows[n - batch_size:][None]])
+  else:
+    slots = rows[order[_grid(n, batch_size)[0]]]
+  return jax.lax.with_sharding_constraint(slots, sharding)
+
+
+def _from_slots(slots: jax.Array, order: jax.Array | None, num_examples: int) -> jax.Array:
+  """The inverse of ``_to_slots``: N x ... with the row of each example's first visit."""
+  batch_size = slots.shape[1]
+  full, rem = divmod(num_examples, batch_size)
+  flat = slots.reshape(-1, *slots.shape[2:])
+  # Visiting order: the full rows, then the first visits of the last row (its last rem slots).
+  visited = flat if not rem else jnp.concatenate([flat[:full * batch_size], flat[(full + 1) * batch_size - rem:]])
+  if order is None:
+    return visited
+  inverse = jnp.zeros(num_examples, jnp.int32).at[order].set(jnp.arange(num_examples, dtype=jnp.int32))
+  return visited[inverse]
+
+
+def _spec_of(x: Any, mesh: Mesh) -> P | None:
+  """The ``PartitionSpec`` of a concrete or abstract array placed on ``mesh``'s axes (fully
+  replicated: ``P()``); None for a tracer or another placement."""
+  if isinstance(x, jax.core.Tracer):
+    return None
+  sharding = getattr(x, "sharding", None)
+  if isinstance(sharding, NamedSharding):
+    names = set()
+    for part in sharding.spec:
+      names |= set(part) if isinstance(part, tuple) else ({part} if part is not None else set())
+    return sharding.spec if names <= set(mesh.axis_names) else None
+  if sharding is not None and sharding.is_fully_replicated:
+    return P()
+  return None
+
+
 def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: Mesh, batch_size: int,
                          num_steps: int, loop: str | None = None, unroll: bool | None = None,
-                         weight_noise: train.WeightNoise | None = None) -> Callable:
+                         weight_noise: train.WeightNoise | None = None, donate: bool = False) -> Callable:
   """``run(variables, split, eps, alpha, key=None, order_key=None, noise_key=None) ->
   delta_NxHxWxC``:
   ``num_steps`` PGD steps on every batch of the training set, starting from ``split.delta``.
@@ -245,7 +319,8 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
 
   ``split``: a ``DeviceSplit`` with a sample-wise perturbation (``delta_mode="sample"``);
   ``eps``, ``alpha`` >= 0 (pixel units); the result satisfies the box guarantee of the
-  module docstring for the split's uint8 images.
+  module docstring for the split's uint8 images, and is laid out as ``split.delta`` is
+  (replicated, or split along ``data``).
 
   A split with ``clean_augment`` (MI-UE's post-augmentation crafting) descends the
   objective on augmented clean images plus the unmoved perturbation; batch ``r`` draws its
@@ -254,8 +329,25 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
   pass draws the same augmentation keys.) With ``weight_noise`` (``make_batch_pgd``), batch
   ``r`` draws its weight noise from ``fold_in(noise_key, r)``.
 
-  ``loop="scan"``: the whole pass is one program, and ``run`` is that ``jax.jit`` function
-  (``run.lower(...)`` compiles it ahead of time); ``"host"``: one jitted call per batch,
+  A replicated ``split.delta`` (the replicated data layout) is not kept whole on every
+  device during the pass: the perturbation, images and labels are held in the order the
+  pass visits them, each batch split along the mesh's ``data`` axis, so that every device
+  keeps the perturbation of the examples it computes on (about N / devices of them) and a
+  batch moves no perturbation between devices, however many there are (but for a last,
+  partial batch, whose context comes from the devices that updated it); the new
+  perturbation is gathered onto every device once, when the pass ends. A ``split.delta``
+  split along ``data`` (the sharded layout) stays where it is, each batch gathering and
+  scattering its rows. Either way the perturbation moves between devices as the bits of
+  its values: 8 devices give the bits of 1 device, the signs of zeros included.
+
+  ``donate=True``: the pass consumes ``split.delta`` -- the scan form writes its result
+  into that buffer (donated to the program), the host form frees it once the pass has
+  taken its copy -- so ``split.delta`` must not be used afterwards (it is deleted).
+  Crafting loops that replace the perturbation by the pass's result save one
+  perturbation's memory per device this way.
+
+  ``loop="scan"``: the whole pass is one program (``run.lower(...)`` compiles it ahead of
+  time; ``run.jitted`` is its ``jax.jit`` function); ``"host"``: one jitted call per batch,
   dispatched from Python (``run.jitted`` is the per-batch program; the data never leaves
   the device either way). Default: ``train.default_loop(mesh)`` (host on CPU). Equal
   arguments give the same function (``train.cached``).
@@ -267,72 +359,204 @@ def make_samplewise_pass(model: nn.Module | Model, objective: Objective, mesh: M
   parallel.check_divisible(batch_size, mesh, "PGD batch_size")
   if loop not in ("scan", "host"):
     raise ValueError(f"loop must be 'scan' or 'host', got {loop!r}")
+  if not isinstance(donate, (bool, np.bool_)):
+    raise ValueError(f"donate: expected True or False, got {donate!r}")
   unroll = default_unroll(mesh) if unroll is None else bool(unroll)
   return train.cached(_build_samplewise_pass, model, objective, mesh, batch_size, num_steps, loop, unroll,
-                      weight_noise)
-
-
-# The pass order of the host loops: one program per (examples, batch size, with or without a key).
-_pass_rows = jax.jit(pass_rows, static_argnums=(0, 1))
+                      weight_noise, bool(donate))
 
 
 def _build_samplewise_pass(model: Model, objective: Objective, mesh: Mesh, batch_size: int, num_steps: int,
-                           loop: str, unroll: bool, weight_noise: train.WeightNoise | None) -> Callable:
+                           loop: str, unroll: bool, weight_noise: train.WeightNoise | None,
+                           donate: bool) -> Callable:
   pgd = make_batch_pgd(model, objective, num_steps, unroll, mesh=mesh, weight_noise=weight_noise)
   rows = NamedSharding(mesh, P(parallel.DATA_AXIS))
+  slot_sharding = NamedSharding(mesh, P(None, parallel.DATA_AXIS))
 
-  def update(variables, split: DeviceSplit, delta, pos_B, mask_B, row, key, eps, alpha, noise_key=None):
+  def placed(spec: P | None) -> NamedSharding | None:
+    return None if spec is None else NamedSharding(mesh, spec)
+
+  def to_slots(split: DeviceSplit, delta: jax.Array, order: jax.Array | None, specs: tuple[P | None, ...]):
+    """Images (uint8), labels and perturbation in pass order, R x B (x H * W * C); ``specs``:
+    the layouts of the images, labels and perturbation."""
+    n = split.size
+    images = _to_slots(split.images.reshape(n, -1), order, batch_size, slot_sharding, placed(specs[0]))
+    labels = _to_slots(split.labels, order, batch_size, slot_sharding, placed(specs[1]))
+    delta_bits = _to_slots(_bits(delta).reshape(n, -1), order, batch_size, slot_sharding, placed(specs[2]))
+    return images, labels, jax.lax.bitcast_convert_type(delta_bits, delta.dtype)
+
+  def from_slots(delta_slots, order, num_examples: int, image_shape: tuple[int, ...], out_spec: P | None):
+    bits = _bits(delta_slots)
+    if out_spec == P():  # a replicated result: every device takes all the slots once, then rearranges its copy
+      bits = jax.lax.with_sharding_constraint(bits, parallel.replicated(mesh))
+    out = _from_slots(bits, order, num_examples)
+    out = jax.lax.bitcast_convert_type(out, delta_slots.dtype).reshape(num_examples, *image_shape)
+    return out if out_spec is None else jax.lax.with_sharding_constraint(out, NamedSharding(mesh, out_spec))
+
+  def update(variables, images_slots, labels_slots, delta_slots, mask_B, row, key, eps, alpha, noise_key,
+             clean_augment: AugmentConfig, image_shape: tuple[int, ...], num_examples: int):
+    """Row ``row`` of the pass on the slots; returns the slots with that row's new perturbation."""
+    shape = (batch_size, *image_shape)
+    take = lambda slots: jax.lax.with_sharding_constraint(  # noqa: E731
+        jax.lax.dynamic_index_in_dim(slots, row, keepdims=False), rows)
+    u8 = take(images_slots).reshape(shape)
+    x = u8.astype(jnp.float32) / 255.0
+    d = take(delta_slots)
+    rem = num_examples % batch_size
+    if rem:  # the last row's context: the examples the row before it has just updated
+      def with_context(d):
+        before = jax.lax.dynamic_index_in_dim(delta_slots, row - 1, keepdims=False)
+        return jnp.where(mask_B[:, None], d, jnp.roll(before, -rem, axis=0))
+
+      d = jax.lax.cond(row == delta_slots.shape[0] - 1, with_context, lambda d: d, d)
+    d = d.reshape(shape)
+    x_seen, x_also = x, None
+    if clean_augment.enabled:  # the model sees the augmented view; delta stays valid for both
+      x_seen, x_also = augment_batch(jax.random.fold_in(key, row), x, clean_augment), x
+    nk = None if noise_key is None else jax.random.fold_in(noise_key, row)
+    new = project_u8(pgd(variables, x_seen, take(labels_slots), d, eps, alpha, x_also=x_also, noise_key=nk), u8,
+                     eps)
+    new = jnp.where(mask_B[:, None, None, None], new, d)
+    out = jax.lax.dynamic_update_index_in_dim(delta_slots, new.reshape(batch_size, -1), row, 0)
+    return jax.lax.with_sharding_constraint(out, slot_sharding)
+
+  def by_rows(specs: tuple[P | None, ...]) -> bool:
+    """Whether the perturbation is split over devices as it comes (not replicated): the pass
+    then leaves it where it is, each batch gathering and scattering its rows."""
+    return specs[2] is not None and specs[2] != P()
+
+  def update_rows(variables, split, delta, pos_B, mask_B, row, key, eps, alpha, noise_key):
+    """Row ``row`` (positions ``pos_B``) on the perturbation in its own layout; its rows are
+    gathered as the unsigned integers of their bits (a cross-device sum of those is exact)."""
     pos_B = jax.lax.with_sharding_constraint(pos_B, rows)
     u8 = split.images[pos_B]
     x = u8.astype(jnp.float32) / 255.0
-    d = delta[pos_B]
+    d = jax.lax.bitcast_convert_type(_bits(delta)[pos_B], delta.dtype)
     x_seen, x_also = x, None
-    if split.clean_augment.enabled:  # the model sees the augmented view; delta stays valid for both
+    if split.clean_augment.enabled:
       x_seen, x_also = augment_batch(jax.random.fold_in(key, row), x, split.clean_augment), x
     nk = None if noise_key is None else jax.random.fold_in(noise_key, row)
     new = project_u8(pgd(variables, x_seen, split.labels[pos_B], d, eps, alpha, x_also=x_also, noise_key=nk), u8, eps)
     new = jnp.where(mask_B[:, None, None, None], new, d)
     return delta.at[pos_B].set(new)
 
-  def check(split, key, eps, alpha):
+  def check(split, delta, key, eps, alpha):
     if split.delta_mode != "sample":
       raise ValueError("split: the sample-wise pass needs a split with a sample-wise perturbation "
                        f"(delta_mode='sample'), got {split.delta_mode!r}")
+    if delta is None:
+      raise ValueError("split.delta: the sample-wise pass needs a perturbation, got None")
+    checks.check_shape(delta, "split.delta", shape=(split.size, *split.image_shape))
+    checks.check_floating(delta, "split.delta")
     if split.size < batch_size:
       raise ValueError(f"batch_size={batch_size} exceeds the {split.size} training examples of split")
     if key is None and split.clean_augment.enabled:
       raise ValueError("key: a split with clean_augment needs a key for the sample-wise pass")
     _check_pass_args(split, eps, alpha)
 
+  def arguments(variables, split, eps, alpha, key=None, order_key=None, noise_key=None):
+    """The pass's arguments with the perturbation apart from the split (so that it alone can
+    be donated), and the layouts of the images, labels and perturbation."""
+    if split.delta_mode != "sample" or split.delta is None:
+      check(split, split.delta, key, eps, alpha)
+    delta = split.delta
+    specs = tuple(_spec_of(a, mesh) for a in (split.images, split.labels, delta))
+    return (variables, split.replace(delta=None), delta, eps, alpha, key, order_key, noise_key), specs
+
   if loop == "scan":
 
-    @jax.jit
+    def sweep(variables, split, delta, eps, alpha, key, order_key, noise_key, specs):
+      check(split, delta, key, eps, alpha)
+      n = split.size
+      if by_rows(specs):
+        pos, mask = pass_rows(n, batch_size, order_key)
+
+        def body_rows(delta, pmr):
+          return update_rows(variables, split, delta, *pmr, key, eps, alpha, noise_key), None
+
+        delta = jax.lax.scan(body_rows, delta, (pos, mask, jnp.arange(pos.shape[0], dtype=jnp.int32)))[0]
+        return jax.lax.with_sharding_constraint(delta, NamedSharding(mesh, specs[2]))
+      order = None if order_key is None else _order(order_key, n)
+      images, labels, delta_slots = to_slots(split, delta, order, specs)
+      mask = _grid(n, batch_size)[1]
+
+      def body(delta_slots, r):
+        return update(variables, images, labels, delta_slots, mask[r], r, key, eps, alpha, noise_key,
+                      split.clean_augment, split.image_shape, n), None
+
+      delta_slots = jax.lax.scan(body, delta_slots, jnp.arange(mask.shape[0], dtype=jnp.int32))[0]
+      return from_slots(delta_slots, order, n, split.image_shape, specs[2])
+
+    sweep_jit = jax.jit(sweep, static_argnames=("specs",), donate_argnums=(2,) if donate else ())
+
     def run(variables, split, eps, alpha, key=None, order_key=None, noise_key=None):
-      check(split, key, eps, alpha)
-      pos, mask = pass_rows(split.size, batch_size, order_key)
+      args, specs = arguments(variables, split, eps, alpha, key, order_key, noise_key)
+      return sweep_jit(*args, specs=specs)
 
-      def body(delta, pmr):
-        return update(variables, split, delta, *pmr, key, eps, alpha, noise_key), None
+    def lower(variables, split, eps, alpha, key=None, order_key=None, noise_key=None):
+      args, specs = arguments(variables, split, eps, alpha, key, order_key, noise_key)
+      return sweep_jit.lower(*args, specs=specs)
 
-      return jax.lax.scan(body, split.delta, (pos, mask, jnp.arange(pos.shape[0], dtype=jnp.int32)))[0]
-
+    run.lower, run.jitted = lower, sweep_jit
     return run
-  sync = parallel.sync_each_step(mesh)
-  # Row i is selected inside jit (a traced index): one program for every row.
-  def samplewise_row(v, s, d, pos, mask, i, key, eps, alpha, nk):
-    return update(v, s, d, pos[i], mask[i], i, key, eps, alpha, nk)
 
-  update_jit = jax.jit(samplewise_row, donate_argnums=(2,))
+  sync = parallel.sync_each_step(mesh)
+
+  def prepare(split, delta, order_key, specs):
+    order = None if order_key is None else _order(order_key, split.size)
+    return (*to_slots(split, delta, order, specs), _grid(split.size, batch_size)[1], order)
+
+  def finish(delta_slots, order, num_examples, image_shape, out_spec):
+    return from_slots(delta_slots, order, num_examples, image_shape, out_spec)
+
+  # Row i is selected inside jit (a traced index): one program for every row.
+  def samplewise_row(v, images, labels, delta_slots, mask, i, key, eps, alpha, nk, clean_augment, image_shape,
+                     num_examples):
+    return update(v, images, labels, delta_slots, mask[i], i, key, eps, alpha, nk, clean_augment, image_shape,
+                  num_examples)
+
+  def prepare_rows(delta, order_key, num_examples):
+    return (*pass_rows(num_examples, batch_size, order_key), jnp.copy(delta))
+
+  def rows_row(v, split, delta, pos, mask, i, key, eps, alpha, nk):
+    return update_rows(v, split, delta, pos[i], mask[i], i, key, eps, alpha, nk)
+
+  prepare_rows_jit = jax.jit(prepare_rows, static_argnames=("num_examples",))
+  rows_jit = jax.jit(rows_row, donate_argnums=(2,))
+  prepare_jit = jax.jit(prepare, static_argnames=("specs",))
+  finish_jit = jax.jit(finish, static_argnames=("num_examples", "image_shape", "out_spec"))
+  update_jit = jax.jit(samplewise_row, static_argnames=("clean_augment", "image_shape", "num_examples"),
+                       donate_argnums=(3,))
 
   def run_host(variables, split, eps, alpha, key=None, order_key=None, noise_key=None):
-    check(split, key, eps, alpha)
-    pos, mask = _pass_rows(split.size, batch_size, order_key)
-    delta = jnp.copy(split.delta)
-    for i in range(pos.shape[0]):  # the row as a host scalar: no program to make it
-      delta = update_jit(variables, split, delta, pos, mask, np.int32(i), key, eps, alpha, noise_key)
+    delta = split.delta
+    check(split, delta, key, eps, alpha)
+    specs = tuple(_spec_of(a, mesh) for a in (split.images, split.labels, delta))
+    if by_rows(specs):
+      return run_rows(variables, split, delta, eps, alpha, key, order_key, noise_key)
+    images, labels, delta_slots, mask, order = prepare_jit(split.replace(delta=None), delta, order_key, specs=specs)
+    if donate and isinstance(delta, jax.Array):
+      jax.block_until_ready(delta_slots)  # the copy is taken
+      delta.delete()
+    static = {"clean_augment": split.clean_augment, "image_shape": split.image_shape, "num_examples": split.size}
+    for i in range(mask.shape[0]):  # the row as a host scalar: no program to make it
+      delta_slots = update_jit(variables, images, labels, delta_slots, mask, np.int32(i), key, eps, alpha, noise_key,
+                               **static)
       if sync:
-        jax.block_until_ready(delta)
-    return delta
+        jax.block_until_ready(delta_slots)
+    return finish_jit(delta_slots, order, num_examples=split.size, image_shape=split.image_shape, out_spec=specs[2])
+
+  def run_rows(variables, split, delta, eps, alpha, key, order_key, noise_key):
+    pos, mask, new = prepare_rows_jit(delta, order_key, num_examples=split.size)
+    if donate and isinstance(delta, jax.Array):
+      jax.block_until_ready(new)  # the copy is taken
+      delta.delete()
+    rest = split.replace(delta=None)
+    for i in range(pos.shape[0]):  # the row as a host scalar: no program to make it
+      new = rows_jit(variables, rest, new, pos, mask, np.int32(i), key, eps, alpha, noise_key)
+      if sync:
+        jax.block_until_ready(new)
+    return new
 
   run_host.jitted = update_jit
   return run_host
