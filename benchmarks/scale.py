@@ -16,8 +16,12 @@ abstract state and data (``train.abstract_state``, ``data.abstract_split``) and 
 - ``em_pass`` / ``mi_ue_pass``: the sample-wise PGD pass (``make_samplewise_pass``,
   ``loop="scan"``) over that split with ``error_minimizing_objective`` / ``mi_ue_objective``
   (MI-UE with its flip of the clean images), with few PGD steps (``--pgd-steps``, default
-  2; crafting runs use more) to bound compile time;
-- ``cmim_step``: the training step with the CMIM teacher loss (6 temperatures, 1..32).
+  2; crafting runs use more) to bound compile time; the perturbation donated, as crafting
+  passes it;
+- ``cmim_step``: the training step with the CMIM teacher loss (6 temperatures, 1..32);
+- ``certify_draws``: one chunk of ``jaxprotect certify`` (``certify.make_draw_eval``): 16
+  weight draws of the model evaluated together (vmapped) on the 10,000-image test split,
+  the batch split over the chips.
 
 Per program x topology: argument / output / temporary memory per chip against the chip's
 HBM (``memory_analysis``), whether donation aliased the state, FLOPs and bytes per chip
@@ -55,8 +59,9 @@ SECTION = "scale"  # the Markdown markers: <!-- bench:scale:start --> ... <!-- b
 INSTALL_HINT = "pip install -e '.[aot]'"
 
 DEFAULT_TOPOLOGIES = ("v5e:2x2", "v5e:8x8", "v5e:16x16", "v5p:2x2x2", "v6e:2x2")
-PROGRAMS = ("train_step", "train_chunk", "em_pass", "mi_ue_pass", "cmim_step")
+PROGRAMS = ("train_step", "train_chunk", "em_pass", "mi_ue_pass", "cmim_step", "certify_draws")
 NUM_EXAMPLES = 50_000  # the CIFAR-10 training split
+NUM_TEST = 10_000  # the CIFAR-10 test split (certification evaluates the weight draws on it)
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 CMIM_TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -78,14 +83,37 @@ CHIPS = {
     "v5e": Chip("TPU v5e", 16 * GiB, 197e12, 819e9),
     "v5p": Chip("TPU v5p", 95 * GiB, 459e12, 2765e9),
     "v6e": Chip("TPU v6e", 32 * GiB, 918e12, 1640e9),
+    # 80 GB HBM3: the target config's device_memory_size (79.1 GiB); 989 TFLOP/s dense bf16, 3.35 TB/s.
+    "h100": Chip("NVIDIA H100 SXM", 84_929_347_584, 989e12, 3352e9),
 }
+GPU_FAMILIES = ("h100",)  # compiled through the CUDA path: ``h100:N`` is N GPUs of one host
+GPU_TARGET_CONFIGS = {"h100": REPO / "benchmarks" / "h100.txtpb"}  # GpuTargetConfigProto text (H100 SXM)
+CUDA_INSTALL_HINT = ('pip install "jax-cuda12-plugin==$(python -c \'import jaxlib; print(jaxlib.__version__)\')" '
+                     '(the plugin of the installed jaxlib; no GPU or CUDA driver needed to compile)')
 
 
 def chip_of(topology: str) -> Chip:
   family = topology.split(":")[0].lower()
   if family not in CHIPS:
-    raise ValueError(f"unknown TPU family in topology {topology!r}; known: {', '.join(CHIPS)}")
+    raise ValueError(f"unknown chip family in topology {topology!r}; known: {', '.join(CHIPS)}")
+  if is_gpu(topology):
+    count = topology.partition(":")[2]
+    if not count.isdigit() or int(count) < 1:
+      raise ValueError(f"topology {topology!r}: a GPU topology is {family}:N, N GPUs of one host (e.g. {family}:8)")
   return CHIPS[family]
+
+
+def is_gpu(topology: str) -> bool:
+  return topology.split(":")[0].lower() in GPU_FAMILIES
+
+
+def require_cuda_plugin() -> str:
+  """The CUDA plugin's version, or SystemExit with the install command."""
+  version = _version("jax-cuda12-plugin")
+  if version is None:
+    raise SystemExit(f"benchmarks.scale compiles GPU topologies through JAX's CUDA plugin, which is not "
+                     f"installed: {CUDA_INSTALL_HINT}")
+  return version
 
 
 def parse_topologies(spec: str, default_batch: int) -> list[tuple[str, int]]:
@@ -119,12 +147,17 @@ def _version(dist: str) -> str | None:
 
 
 def get_topology(name: str):
-  """Compile-only devices of a TPU topology (``v4`` as megacore chips)."""
+  """Compile-only devices of a TPU topology (``v4`` as megacore chips) or of ``h100:N``
+  (the CUDA path: N GPUs of one host)."""
   # libtpu otherwise probes for TPU hosts; a single local "worker" silences it.
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
   from jax.experimental import topologies  # noqa: PLC0415
 
+  if is_gpu(name):  # one host of N GPUs, from the chip's GpuTargetConfigProto (no GPU needed)
+    family, _, count = name.partition(":")
+    config = GPU_TARGET_CONFIGS[family.lower()].read_text()
+    return topologies.get_topology_desc(platform="cuda", target_config=config, topology=f"1x1x{int(count)}")
   kw = {"chip_config_name": "megacore"} if name.lower().startswith("v4") else {}
   return topologies.get_topology_desc(topology_name=name, platform="tpu", **kw)
 
@@ -221,6 +254,7 @@ class Setting:
   per_chip_batch: int
   pgd_steps: int = 2
   chunk_steps: int = 2
+  draws: int = 16  # certify_draws: weight draws evaluated together (one chunk of jaxprotect certify)
 
 
 class Programs:
@@ -291,7 +325,7 @@ class Programs:
       mi_ue = name == "mi_ue_pass"
       objective = pgd.mi_ue_objective() if mi_ue else pgd.error_minimizing_objective()
       run = pgd.make_samplewise_pass(self.model, objective, self.mesh, batch_size=b,
-                                     num_steps=self.setting.pgd_steps, loop="scan", unroll=False)
+                                     num_steps=self.setting.pgd_steps, loop="scan", unroll=False, donate=True)
       scalar = self.spec((), jnp.float32)
       args = (train.variables_of(self.state), self.split("flip" if mi_ue else ""), scalar, scalar)
       if mi_ue:
@@ -299,6 +333,17 @@ class Programs:
       rows = -(-NUM_EXAMPLES // b)
       return run, args, {"global_batch": b, "pgd_steps": self.setting.pgd_steps, "rows": rows,
                          "loop_trips": rows * self.setting.pgd_steps}
+    if name == "certify_draws":
+      from jaxprotect.unlearnable import certify  # noqa: PLC0415
+
+      d = self.setting.draws
+      run = certify.make_draw_eval(self.model, self.mesh, b, d).jitted
+      test = self.data.abstract_split(NUM_TEST, IMAGE_SHAPE, self.mesh, layout="replicated")
+      args = (train.variables_of(self.state), test, self.spec((2,), jnp.uint32), self.spec((), jnp.int32),
+              self.spec((), jnp.float32))
+      rows = -(-NUM_TEST // b)
+      # the draws run under shard_map: the jaxpr's shapes, so its counted FLOPs, are one chip's
+      return run, args, {"global_batch": b, "draws": d, "rows": rows, "loop_trips": rows, "per_chip_jaxpr": True}
     raise ValueError(f"unknown program {name!r}; use one of {PROGRAMS}")
 
 
@@ -330,7 +375,11 @@ def compile_program(programs: Programs, name: str, chip: Chip, per_chip_batch: i
   row = {"program": name, **details, "lower_s": round(t1 - t0, 2), "compile_s": round(t2 - t1, 2)}
   row.update(analyse(compiled, chip, details.get("loop_trips", 1)))
   total = model_flops(jitted, args)
-  row["model_flops_per_chip"] = None if total is None else total / programs.chips
+  row["model_flops_per_chip"] = None if total is None else total / (1 if details.get("per_chip_jaxpr") else
+                                                                      programs.chips)
+  if row["flops_per_chip"] is None and row["model_flops_per_chip"]:  # no cost analysis (the CUDA path)
+    row["roofline_compute_s"] = row["model_flops_per_chip"] / chip.bf16_flops
+    row["roofline_source"] = "model FLOPs (no cost analysis on this platform); compute side only"
   return row
 
 
@@ -480,6 +529,8 @@ def _seconds(s: float | None) -> str:
 def _roofline_cell(r: dict[str, Any]) -> str:
   """``max`` and its two sides, recomputed from the row (older result files lack the sides)."""
   chip, trips = chip_of(r["topology"]), r.get("loop_trips", 1)
+  if not r.get("flops_per_chip") and r.get("model_flops_per_chip"):  # the CUDA path: no cost analysis
+    return f"compute {_seconds(r['model_flops_per_chip'] / chip.bf16_flops)} (model FLOPs; memory side unknown)"
   if not r.get("flops_per_chip") or not r.get("bytes_accessed_per_chip"):
     return "-"
   compute = r["flops_per_chip"] * trips / chip.bf16_flops
@@ -535,12 +586,20 @@ def markdown_section(meta: dict[str, Any], rows: list[dict[str, Any]], searches:
       "## Scale (compiled, not run)",
       "",
       f"Generated by `{meta['command']}` on {meta['date']}; rerunning it replaces this section. "
-      f"jax {meta['jax']}, jaxlib {meta['jaxlib']}, libtpu {meta['libtpu']}; {meta['machine']}.",
+      f"jax {meta['jax']}, jaxlib {meta['jaxlib']}, libtpu {meta['libtpu']}"
+      + (f", jax-cuda12-plugin {meta['jax_cuda12_plugin']}" if meta.get("jax_cuda12_plugin") else "")
+      + f"; {meta['machine']}.",
+      *[f"Rows of an earlier run kept (`--merge`): `{m['command']}` on {m['date']}"
+        + (f" (jax-cuda12-plugin {m['jax_cuda12_plugin']})" if m.get("jax_cuda12_plugin") else "") + "."
+        for m in meta.get("merged_from", [])],
       "",
       "Every figure comes from compiling jaxprotect's real programs for a TPU topology that is not "
       "there (`jax.experimental.topologies`, compile-only devices, a one-axis `data` mesh over all "
       "chips): memory from `memory_analysis()`, FLOPs and bytes per chip from `cost_analysis()`, "
-      "collectives from the optimised HLO (`as_text()`). Nothing ran on a TPU.",
+      "collectives from the optimised HLO (`as_text()`). Nothing ran on a TPU. `h100:N` is N H100 "
+      "GPUs of one host compiled through JAX's CUDA plugin (`get_topology_desc(platform=\"cuda\")` with "
+      "the GpuTargetConfigProto `benchmarks/h100.txtpb`; no GPU or driver present); XLA:GPU gives no cost "
+      "analysis, so those rows' roofline is the compute side of the model FLOPs only.",
       "",
       f"- Model: ResNet-18, CIFAR-10 shapes ({'x'.join(map(str, IMAGE_SHAPE))}, {NUM_CLASSES} classes), bfloat16 "
       "compute, float32 parameters, SGD with momentum; state replicated and donated.",
@@ -550,7 +609,8 @@ def markdown_section(meta: dict[str, Any], rows: list[dict[str, Any]], searches:
       f"`mi_ue_pass` are whole sample-wise PGD passes over that split with only "
       f"{meta['setting']['pgd_steps']} PGD steps per batch (to bound compile time; crafting runs use 10-20), "
       "MI-UE with its flip of the clean images; `cmim_step` is the training step with the CMIM loss "
-      f"({len(CMIM_TEMPERATURES)} temperatures).",
+      f"({len(CMIM_TEMPERATURES)} temperatures); `certify_draws` is one certification chunk: "
+      f"{meta['setting'].get('draws', 16)} weight draws evaluated together on the {NUM_TEST:,}-image test split.",
       "- total = arguments + outputs - aliased (donated) + temporaries + program code, per chip. "
       "\"donated\": `memory_analysis().alias_size_in_bytes > 0`.",
       "- XLA GFLOP / chip: `cost_analysis()['flops']`, which counts only the kernel taps inside the image and "
@@ -624,6 +684,22 @@ def reduction_findings(reductions: dict[str, Any]) -> list[str]:
 # Main
 # ---------------------------------------------------------------------------------------
 
+def kept_results(saved: dict[str, Any], topologies: list[str], programs: list[str],
+                 searched: list[str]) -> dict[str, Any]:
+  """What ``--merge`` keeps of a saved results file: the rows of (topology, program) pairs
+  this run does not compile, the batch searches of topologies it does not search, the
+  gradient-sum study, and the commands and dates the kept rows came from."""
+  redo = {(t, p) for t in topologies for p in programs}
+  previous = saved.get("metadata", {})
+  return {
+      "rows": [r for r in saved.get("rows", []) if (r["topology"], r["program"]) not in redo],
+      "searches": [s for s in saved.get("max_batch_search", []) if s["topology"] not in searched],
+      "gradient_sum_dtype": saved.get("gradient_sum_dtype") or {},
+      "merged_from": [*previous.get("merged_from", []),
+                      {k: previous.get(k) for k in ("command", "date", "jax", "libtpu", "jax_cuda12_plugin")}],
+  }
+
+
 def machine() -> str:
   from benchmarks import common  # noqa: PLC0415
 
@@ -650,6 +726,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--out-md", default=str(DEFAULT_MD))
   p.add_argument("--render", action="store_true",
                  help="compile nothing: rewrite the Markdown section (and the derived findings) from --out-json")
+  p.add_argument("--merge", action="store_true",
+                 help="keep the rows (and searches) of --out-json that this run does not compile again")
   return p.parse_args(argv)
 
 
@@ -670,8 +748,18 @@ def main(argv: list[str] | None = None) -> int:
     report.write_markdown(args.out_md, section, SECTION)
     print(section)
     return 0
-  libtpu_version = require_libtpu()
+  requested = args.topologies or ("v5e:2x2" if args.quick else ",".join(DEFAULT_TOPOLOGIES))
+  names = [t.partition("@")[0].strip() for t in requested.split(",") if t.strip()]
+  gpu = [t for t in names if is_gpu(t)]
+  if gpu and len(gpu) < len(names):
+    raise SystemExit(f"--topologies: compile the GPU topologies ({', '.join(gpu)}) in a run of their own "
+                     "(add --merge to keep the TPU rows of --out-json)")
+  libtpu_version = _version("libtpu") if gpu else require_libtpu()
+  cuda_version = require_cuda_plugin() if gpu else _version("jax-cuda12-plugin")
   import jax  # noqa: PLC0415
+
+  if gpu:  # the CUDA plugin's compile-only topology needs JAX itself on the CPU backend (no GPU here)
+    jax.config.update("jax_platforms", "cpu")
 
   # Compile-only executables cannot be read back from the persistent cache, and compile seconds are measured.
   jax.config.update("jax_enable_compilation_cache", False)
@@ -680,8 +768,7 @@ def main(argv: list[str] | None = None) -> int:
   from jaxprotect import config as config_lib, parallel  # noqa: PLC0415
 
   per_chip = args.per_chip_batch or (8 if args.quick else 128)
-  topologies = parse_topologies(args.topologies or ("v5e:2x2" if args.quick else ",".join(DEFAULT_TOPOLOGIES)),
-                                per_chip)
+  topologies = parse_topologies(requested, per_chip)
   programs = [p.strip() for p in args.programs.split(",") if p.strip()]
   for p in programs:
     if p not in PROGRAMS:
@@ -692,8 +779,10 @@ def main(argv: list[str] | None = None) -> int:
       sys.argv[1:] if argv is None else argv))
   meta = {
       "command": command, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-      "jax": jax.__version__, "jaxlib": _version("jaxlib"), "libtpu": libtpu_version, "machine": machine(),
-      "setting": {"per_chip_batch": per_chip, "pgd_steps": args.pgd_steps, "chunk_steps": args.chunk_steps},
+      "jax": jax.__version__, "jaxlib": _version("jaxlib"), "libtpu": libtpu_version,
+      "jax_cuda12_plugin": cuda_version, "machine": machine(),
+      "setting": {"per_chip_batch": per_chip, "pgd_steps": args.pgd_steps, "chunk_steps": args.chunk_steps,
+                  "draws": Setting(per_chip).draws},
       "topologies": [f"{t}@{b}" for t, b in topologies], "programs": programs, "searched": searched,
       "search_probes": args.search_probes, "search_start": args.search_start, "search_granule": args.search_granule,
       "quick": args.quick, "skipped": [], "batch_notes": [],
@@ -705,15 +794,27 @@ def main(argv: list[str] | None = None) -> int:
   rows: list[dict[str, Any]] = []
   searches: list[dict[str, Any]] = []
   reductions: dict[str, Any] = {}
+  kept: dict[str, Any] = {"rows": [], "searches": []}
+  if args.merge and args.out_json and pathlib.Path(args.out_json).exists():
+    import json  # noqa: PLC0415
+
+    kept = kept_results(json.loads(pathlib.Path(args.out_json).read_text()), [t for t, _ in topologies], programs,
+                        searched)
+    reductions.update(kept["gradient_sum_dtype"])
+    meta["merged_from"] = kept["merged_from"]
   t_all = time.perf_counter()
+
+  def all_rows() -> list[dict[str, Any]]:
+    return kept["rows"] + rows
+
   def save(complete: bool) -> None:
     if args.out_json:
       meta["complete"] = complete
       meta["total_s"] = round(time.perf_counter() - t_all, 1)
       meta["load_average"] = [round(x, 2) for x in os.getloadavg()]
-      config_lib.write_json_atomic(args.out_json, {"metadata": meta, "rows": rows, "max_batch_search": searches,
-                                                   "findings": gradient_all_reduce_findings(rows),
-                                                   "gradient_sum_dtype": reductions})
+      config_lib.write_json_atomic(args.out_json, {
+          "metadata": meta, "rows": all_rows(), "max_batch_search": kept["searches"] + searches,
+          "findings": gradient_all_reduce_findings(all_rows()), "gradient_sum_dtype": reductions})
 
   for name, batch in topologies:
     chip = chip_of(name)
@@ -721,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     topo = get_topology(name)
     mesh = parallel.make_mesh(devices=topo.devices)
     print(f"{name}: {len(topo.devices)} x {topo.devices[0].device_kind}, per-chip batch {batch}", flush=True)
-    if not reductions:
+    if not reductions and not is_gpu(name):
       reductions.update({"topology": name, "variants": reduction_dtypes(mesh)})
       for variant, r in reductions["variants"].items():
         print(f"  gradient sum, {variant}: {r}", flush=True)
@@ -738,7 +839,8 @@ def main(argv: list[str] | None = None) -> int:
         big = _largest_all_reduce(row["collectives"])
         print(f"  {prog}: compile {row['compile_s']:.1f} s, total {_gib(row['total_bytes'])} GiB of "
               f"{chip.hbm_bytes // GiB}, aliased {row['donation_aliased']}, "
-              f"{(row['flops_per_chip'] or 0) / 1e9:.1f} GFLOP/chip, largest all-reduce {big}", flush=True)
+              f"{(row['flops_per_chip'] or row['model_flops_per_chip'] or 0) / 1e9:.1f} GFLOP/chip, "
+              f"largest all-reduce {big}", flush=True)
       rows.append(row)
       save(False)
     print(f"  {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -751,6 +853,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           max_probes=args.search_probes, granule=args.search_granule)})
     save(False)
   save(True)
+  rows, searches = all_rows(), kept["searches"] + searches
   findings = gradient_all_reduce_findings(rows) + reduction_findings(reductions)
   print()
   print(table(rows))
