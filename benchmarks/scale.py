@@ -255,6 +255,7 @@ class Setting:
   pgd_steps: int = 2
   chunk_steps: int = 2
   draws: int = 16  # certify_draws: weight draws evaluated together (one chunk of jaxprotect certify)
+  grad_sum_dtype: str = "compute"  # the models' grad_sum_dtype ("float32": f32 cross-chip gradient sums)
 
 
 class Programs:
@@ -272,7 +273,7 @@ class Programs:
     self.AugmentConfig = AugmentConfig
     self.mesh, self.setting = mesh, setting
     self.chips = parallel.num_shards(mesh)
-    self.model = models.get("resnet18", NUM_CLASSES, dtype="bfloat16")
+    self.model = models.get("resnet18", NUM_CLASSES, dtype="bfloat16", grad_sum_dtype=setting.grad_sum_dtype)
     opt = ml_collections.ConfigDict(dict(name="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                                          schedule="cosine", warmup_epochs=0.0, milestones=(), gamma=0.1,
                                          grad_clip=0.0))

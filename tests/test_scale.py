@@ -15,11 +15,10 @@ from jaxprotect import parallel  # noqa: E402
 PER_CHIP_BATCH = 2
 
 
-@pytest.fixture(scope="module")
-def compiled_step():
+def _compile_step(grad_sum_dtype: str = "compute"):
   topo = scale.get_topology("v5e:2x2")
   mesh = parallel.make_mesh(devices=topo.devices)
-  programs = scale.Programs(mesh, scale.Setting(per_chip_batch=PER_CHIP_BATCH))
+  programs = scale.Programs(mesh, scale.Setting(per_chip_batch=PER_CHIP_BATCH, grad_sum_dtype=grad_sum_dtype))
   step, args, _ = programs.build("train_step")
   # A compile-only client cannot read an executable back from the persistent cache (conftest enables it).
   enabled = jax.config.jax_enable_compilation_cache
@@ -28,6 +27,20 @@ def compiled_step():
     return programs, step.lower(*args).compile()
   finally:
     jax.config.update("jax_enable_compilation_cache", enabled)
+
+
+@pytest.fixture(scope="module")
+def compiled_step():
+  return _compile_step()
+
+
+def _all_reduces(compiled) -> list[list[tuple[str, int]]]:
+  out = []
+  for line in compiled.as_text().splitlines():
+    m = scale._COLLECTIVE_RE.search(line)
+    if m and m.group("op") == "all-reduce":
+      out.append(scale._arrays(m.group("shape")))
+  return out
 
 
 def test_topology_is_compile_only_and_not_the_local_backend():
@@ -65,12 +78,7 @@ def test_gradients_are_summed_in_one_bfloat16_all_reduce(compiled_step):
   dense_elements = sum(x.size for x in dense)
   assert dense_elements > 11_000_000
 
-  hlo = compiled.as_text()
-  all_reduces = []
-  for line in hlo.splitlines():
-    m = scale._COLLECTIVE_RE.search(line)
-    if m and m.group("op") == "all-reduce":
-      all_reduces.append(scale._arrays(m.group("shape")))
+  all_reduces = _all_reduces(compiled)
   bf16 = [a for a in all_reduces if any(d == "bf16" for d, _ in a)]
   assert len(bf16) == 1, [[d for d, _ in a] for a in bf16]
   (grad,) = bf16
@@ -79,5 +87,17 @@ def test_gradients_are_summed_in_one_bfloat16_all_reduce(compiled_step):
   others = [a for a in all_reduces if a is not grad]
   assert others and all(d == "f32" for a in others for d, _ in a)
   assert sum(b for a in others for _, b in a) < 1e6  # BatchNorm vectors only
-  summary = scale.collectives(hlo)["all-reduce"]
+  summary = scale.collectives(compiled.as_text())["all-reduce"]
   assert summary["count"] == len(all_reduces) and summary["largest"]["dtypes"] == ["bf16"]
+
+
+def test_grad_sum_dtype_float32_sums_every_gradient_in_float32_on_tpu(compiled_step):
+  """``grad_sum_dtype="float32"``: no bfloat16 all-reduce is left, and the gradients of the
+  conv / dense parameters cross the chips at 4 bytes per element (twice the default's)."""
+  programs, compiled = _compile_step("float32")
+  all_reduces = _all_reduces(compiled)
+  assert all_reduces and not [a for a in all_reduces if any(d == "bf16" for d, _ in a)]
+  default_bytes = sum(b for a in _all_reduces(compiled_step[1]) for _, b in a)
+  kernel_elements = sum(x.size for x in jax.tree.leaves(programs.state.params) if x.ndim > 1)
+  # each kernel gradient element: 2 bytes (bf16) by default, 4 (f32) with the option
+  assert sum(b for a in all_reduces for _, b in a) >= default_bytes + 2 * kernel_elements
