@@ -273,7 +273,7 @@ class Programs:
     from jaxprotect import data, models, parallel, train  # noqa: PLC0415
     from jaxprotect.data.augment import AugmentConfig  # noqa: PLC0415
 
-    self.jax, self.jnp, self.data, self.train, self.parallel = jax, jnp, data, train, parallel
+    self.jax, self.jnp, self.data, self.models, self.train, self.parallel = jax, jnp, data, models, train, parallel
     self.AugmentConfig = AugmentConfig
     self.mesh, self.setting = mesh, setting
     self.chips = parallel.num_shards(mesh)
@@ -350,12 +350,11 @@ class Programs:
       # the draws run under shard_map: the jaxpr's shapes, so its counted FLOPs, are one chip's
       return run, args, {"global_batch": b, "draws": d, "rows": rows, "loop_trips": rows, "per_chip_jaxpr": True}
     if name == "shadow_fit":
-      from jaxprotect import models as models_lib  # noqa: PLC0415
       from jaxprotect.privacy import shadow  # noqa: PLC0415
 
       m, per_model = self.setting.shadow_models_per_chip * self.chips, per_chip_batch or self.setting.per_chip_batch
       width, steps = NUM_EXAMPLES // 2, self.setting.chunk_steps  # each model trains on half the set (LiRA)
-      progs = shadow._programs(models_lib.as_model(self.model),
+      progs = shadow._programs(self.models.as_model(self.model),
                                self.optimizer, self.mesh, train.ce_loss(), self.AugmentConfig.parse("crop4,flip"),
                                per_model, 1, steps, width, "scan")
       by_model = self.jax.sharding.NamedSharding(self.mesh, self.jax.sharding.PartitionSpec(self.parallel.DATA_AXIS))

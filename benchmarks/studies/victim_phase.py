@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import pathlib
 import tempfile
 import time
@@ -114,7 +115,8 @@ def torch_victim(npz: str, epochs: int) -> dict[str, Any]:
   from benchmarks import torch_impl  # noqa: PLC0415
 
   size = common.SIZES["quick"]
-  runner = torch_impl.E2ERunner(dataclass_replace(size, epochs), tuned=False, compile_model=False)
+  size = dataclasses.replace(size, e2e=dataclasses.replace(size.e2e, victim_epochs=epochs))
+  runner = torch_impl.E2ERunner(size, tuned=False, compile_model=False)
   timers = Timers()
   with np.load(npz) as z:
     x_train, y_train = torch_impl.to_nchw(z["x_train"]), torch.from_numpy(z["y_train"]).long()
@@ -127,12 +129,6 @@ def torch_victim(npz: str, epochs: int) -> dict[str, Any]:
   parts = dict(timers.seconds)
   parts["rest (DataLoader batches, crop+flip)"] = total - sum(timers.seconds.values())
   return {"total": total, "parts": parts, "calls": dict(timers.calls)}
-
-
-def dataclass_replace(size: common.Size, epochs: int) -> common.Size:
-  import dataclasses  # noqa: PLC0415
-
-  return dataclasses.replace(size, e2e=dataclasses.replace(size.e2e, victim_epochs=epochs))
 
 
 def _random_poison(npz: str, directory: pathlib.Path) -> None:
