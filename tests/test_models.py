@@ -379,6 +379,21 @@ def test_batch_norm_equals_flax_batch_norm(dtype):
   close(np.float32(y_eval), np.float32(y_eval_ref))
 
 
+def test_batch_norm_traces_more_than_2_31_rows():
+  """A batch of more than 2**31 normalised rows (a large per-chip batch of a TPU compile:
+  32,768 images x 32 x 32 pixels x ... ) traces on both branches of ``normalize``, forward
+  and backward: the row count divides as a float, not as an int32 that would overflow."""
+  from jaxprotect.ops import norm  # noqa: PLC0415
+
+  rows = 2**31 + 8
+  x = jax.ShapeDtypeStruct((rows, 2), jnp.float32)
+  c = jax.ShapeDtypeStruct((2,), jnp.float32)
+  y, mean, var = jax.eval_shape(lambda x, s, b: norm.normalize(x, s, b, 1e-5), x, c, c)
+  assert y.shape == (rows, 2) and mean.shape == var.shape == (2,)
+  dx = jax.eval_shape(jax.grad(lambda x, s, b: norm.normalize(x, s, b, 1e-5)[0].sum()), x, c, c)
+  assert dx.shape == (rows, 2)
+
+
 def test_batch_norm_is_flax_batch_norm_without_cpu_defaults(monkeypatch):
   """The zoo's BatchNorm is ours on CPU and flax's with ``JAXPROTECT_XLA_CPU_DEFAULTS=0``;
   a ResNet's variable tree is the same either way (checkpoints carry over)."""

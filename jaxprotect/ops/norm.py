@@ -57,7 +57,7 @@ def _normalize_reference(x_MxC, scale_C, bias_C, epsilon):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _normalize_cpu(x_MxC, scale_C, bias_C, epsilon):
-  m = x_MxC.shape[0]
+  m = float(x_MxC.shape[0])  # a float: a Python int above 2**31 overflows int32 when traced
   mean = _row_sum(x_MxC) / m
   var = jnp.maximum(0.0, _row_sum(x_MxC * x_MxC) / m - mean * mean)
   return (x_MxC - mean) * (lax.rsqrt(var + epsilon) * scale_C) + bias_C, mean, var
@@ -74,14 +74,15 @@ def _normalize_cpu_jvp(epsilon, primals, tangents):
   dx, dscale, dbias = tangents
   y, mean, var = _normalize_cpu(x, scale, bias, epsilon)
   m = x.shape[0]
+  mf = float(m)  # the divisor (see _normalize_cpu); m stays the broadcast's row count
   inv = lax.rsqrt(var + epsilon)
   xhat = (x - mean) * inv
   terms = []
   if isinstance(dx, SymbolicZero):
     dmean = dvar = jnp.zeros_like(mean)
   else:
-    dmean = _row_sum(dx) / m
-    dxhat_sum = _row_sum(dx * xhat) / m
+    dmean = _row_sum(dx) / mf
+    dxhat_sum = _row_sum(dx * xhat) / mf
     dvar = 2.0 * dxhat_sum / inv
     terms.append((scale * inv) * (dx - _row_broadcast(dmean, m) - xhat * _row_broadcast(dxhat_sum, m)))
   if not isinstance(dscale, SymbolicZero):
