@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxprotect import platform
 
 __all__ = [
-    "COMPILATION_CACHE_ENV", "DATA_AXIS", "check_divisible", "data_sharded", "enable_compilation_cache",
+    "COMPILATION_CACHE_ENV", "DATA_AXIS", "barrier", "check_divisible", "data_sharded", "enable_compilation_cache",
     "is_main_process", "local_rows", "make_mesh", "map_local_blocks", "mesh_from_config",
     "maybe_initialize_distributed", "num_shards", "place", "process_slice", "put", "put_process_local", "to_host",
     "replicated", "sync_each_step",
@@ -264,3 +264,11 @@ def process_slice(n: int) -> slice:
 
 def is_main_process() -> bool:
   return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process has reached the barrier ``name`` (a file process 0 wrote is
+  then there for the others to read); nothing with one process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    multihost_utils.sync_global_devices(name)

@@ -7,12 +7,13 @@ simulated devices that XLA_FLAGS gives this process, then runs TASK in WORKDIR:
 
 * ``train`` (default): ``runner.fit`` of ``tiny_config()``, process 0 writing the final
   parameters to WORKDIR/params.npz;
-* ``craft``: ``unlearnable.craft`` of ``tiny_craft_config()``;
+* ``craft``: ``jaxprotect poison`` of ``tiny_craft_config()`` with the training split sharded
+  over the processes (``data.layout=sharded``) and ``--export npz``;
 * ``certify MODEL_DIR``: ``unlearnable.certify`` of ``tiny_certify_config(MODEL_DIR)``;
 * ``evaluate POISON_DIR``: ``victims.evaluate`` of ``tiny_victim_config(POISON_DIR)`` (the
   sharded layout), process 0 writing the poisoned victim's final variables to
-  WORKDIR/victim.npz (leaves in tree order) and, alone, the poison's preview to
-  WORKDIR/preview.png.
+  WORKDIR/victim.npz (leaves in tree order), the poisoned training set exported by every
+  process to WORKDIR/poisoned_train.npz and, alone, the poison's preview to WORKDIR/preview.png.
 """
 
 import os
@@ -28,15 +29,19 @@ def tiny_config():
       "train.chunk_steps=2", "runtime.checkpoint.every_steps=2"])  # a record and a checkpoint every 2 steps
 
 
-def tiny_craft_config():
+CRAFT_OVERRIDES = (
+    "data.train_subset=512", "surrogate.batch_size=64", "surrogate.eval_batch_size=512", "surrogate.model=small_cnn",
+    "surrogate.model_kwargs.width=8", "craft.pgd.batch_size=128", "craft.pgd.steps=2", "craft.train_steps=2",
+    "craft.max_iterations=2", "craft.stop_error=0.0", "runtime.progress=false", "runtime.tensorboard=false",
+    "export.preview=true")  # process 0 alone draws it from its own copy of the images
+CRAFT_CONFIG = "experiments/em.py:fashion_mnist_mini"  # relative to the repository root
+
+
+def tiny_craft_config(*extra):
   import pathlib
   from jaxprotect import config as config_lib
-  em = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "em.py"
-  return config_lib.apply_overrides(config_lib.from_file(f"{em}:fashion_mnist_mini"), [
-      "data.train_subset=512", "surrogate.batch_size=64", "surrogate.eval_batch_size=512", "surrogate.model=small_cnn",
-      "surrogate.model_kwargs.width=8", "craft.pgd.batch_size=128", "craft.pgd.steps=2", "craft.train_steps=2",
-      "craft.max_iterations=2", "craft.stop_error=0.0", "runtime.progress=false", "runtime.tensorboard=false",
-      "export.preview=true"])  # process 0 alone draws it from its own copy of the images
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  return config_lib.apply_overrides(config_lib.from_file(str(repo / CRAFT_CONFIG)), [*CRAFT_OVERRIDES, *extra])
 
 
 def tiny_certify_config(model_dir):
@@ -85,6 +90,8 @@ def main(argv):
     results = victims.evaluate(config, workdir)
     _, variables, _ = runner.load_trained(os.path.join(workdir, "poisoned"))  # every process: Orbax syncs them
     ds = data.from_config(config)
+    # every process: the training split, sharded over both, is gathered; process 0 writes
+    poison_io.export_npz(os.path.join(workdir, "poisoned_train.npz"), ds, poison_io.load_poison(arg, ds))
     if jax.process_index() == 0:
       np.savez(os.path.join(workdir, "victim.npz"), *jax.tree.leaves(variables))
       # process 0 alone: checking a poison against a split sharded over both processes and
@@ -95,13 +102,15 @@ def main(argv):
           results["test_accuracy"]["poisoned"], flush=True)
     jax.distributed.shutdown()
     return
-  if task == "craft":
-    from jaxprotect.unlearnable import crafting
-    results = crafting.craft(tiny_craft_config(), workdir)
-    print("devices", jax.device_count(), "processes", jax.process_count(), "delta", results["delta_sha256"],
-          flush=True)
+  if task == "craft":  # through the command line, the training split sharded over both processes
+    import pathlib
+    from jaxprotect import cli
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    rc = cli.main(["poison", "--config", str(repo / CRAFT_CONFIG), *(f"--config.{o}" for o in CRAFT_OVERRIDES),
+                   "--config.data.layout=sharded", "--workdir", workdir, "--export", "npz"])
+    print("devices", jax.device_count(), "processes", jax.process_count(), "rc", rc, flush=True)
     jax.distributed.shutdown()
-    return
+    sys.exit(rc)
   results, state = runner.fit(tiny_config(), workdir, return_state=True)
   if jax.process_index() == 0:
     leaves = [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(state.params)]

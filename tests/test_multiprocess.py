@@ -107,23 +107,34 @@ def test_a_run_killed_in_every_process_resumes_across_processes(two_process_run,
 
 
 def test_crafting_in_two_processes_matches_one_process_of_eight(tmp_path):
+  """``jaxprotect poison --export npz`` in two processes, the training split sharded over
+  both: the poison is one process's of eight devices (to float noise), process 0 alone wrote
+  it, its preview and the export, and the export is the one-process export of that poison."""
   from multiprocess_worker import tiny_craft_config
 
+  from jaxprotect import data
   from jaxprotect.unlearnable import crafting, poison_io
   runs = launch(tmp_path / "two", env={}, task="craft")
   for r in runs:
     assert r.returncode == 0, r.stderr[-3000:]
-  one = crafting.craft(tiny_craft_config(), tmp_path / "one", parallel.make_mesh())
+    assert "devices 8 processes 2 rc 0" in r.stdout
+  config = tiny_craft_config("data.layout=sharded")
+  mesh = parallel.make_mesh()
+  ds = data.from_config(config, mesh)
+  one = crafting.craft(config, tmp_path / "one", mesh, ds)
   d1 = poison_io.load_poison(one["poison"]).delta
-  d2 = poison_io.load_poison(tmp_path / "two" / "poison").delta
-  assert d1.shape == d2.shape == (512, 28, 28, 1)
+  two = poison_io.load_poison(tmp_path / "two" / "poison", ds)
+  assert d1.shape == two.delta.shape == (512, 28, 28, 1)
   # Sign steps amplify float noise only where a gradient is ~0 (as between 1 and 8 devices).
-  close = np.isclose(d1, d2, rtol=0, atol=1e-6)
+  close = np.isclose(d1, two.delta, rtol=0, atol=1e-6)
   assert close.mean() > 0.999, close.mean()
-  # process 0 alone wrote the poison, its ids and its preview (read from its own shards)
-  np.testing.assert_array_equal(poison_io.load_poison(tmp_path / "two" / "poison").ids,
-                                poison_io.load_poison(one["poison"]).ids)
+  np.testing.assert_array_equal(two.ids, poison_io.load_poison(one["poison"]).ids)
   assert (tmp_path / "two" / "poison" / "preview.png").exists()
+  want = poison_io.export_npz(tmp_path / "one.npz", ds, two)
+  with np.load(want) as a, np.load(tmp_path / "two" / "poisoned_train.npz") as b:
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+      np.testing.assert_array_equal(a[k], b[k])
 
 
 def metric_steps(workdir: pathlib.Path) -> list[int]:
@@ -187,6 +198,12 @@ def test_a_victim_on_a_sharded_layout_in_two_processes_matches_one_process(tmp_p
   np.testing.assert_array_equal(np.asarray(poisoned.train.images), want)
 
   assert (tmp_path / "two" / "preview.png").exists()  # drawn by process 0 alone from its half of the images
+  # the export of both processes (process 0 writing) is the one-process export, byte for byte
+  one_npz = poison_io.export_npz(tmp_path / "one.npz", ds, poison)
+  with np.load(one_npz) as a, np.load(tmp_path / "two" / "poisoned_train.npz") as b:
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+      np.testing.assert_array_equal(a[k], b[k])
 
   one = victims.evaluate(config, tmp_path / "one", mesh)
   two = json.loads((tmp_path / "two" / "results.json").read_text())

@@ -219,6 +219,10 @@ def test_poison_files_are_checked_and_exported(host, tmp_path):
   loaded = data.load_arrays(str(path))
   want = np.round(np.clip(host.train.images / 255.0 + delta, 0, 1) * 255).astype(np.uint8)
   assert np.abs(loaded.train.images.astype(int) - want.astype(int)).max() <= 1
+  # exactly the images a victim trains on, rounded: the device's float32 gather of the split
+  split = ds.train.replace(delta=jnp.asarray(delta), delta_mode="sample")
+  on_device, _ = jax.jit(lambda s: s.gather(jnp.arange(s.size)))(split)
+  np.testing.assert_array_equal(loaded.train.images, np.asarray(jnp.round(on_device * 255.0), np.uint8))
   np.testing.assert_array_equal(loaded.train.ids, host.train.ids)
   png = poison_io.export_png(tmp_path / "png", ds, p)
   assert len(list(png.glob("*/*.png"))) == 64 and sorted(q.name for q in png.iterdir()) == ["0", "1", "2", "3"]
@@ -231,6 +235,8 @@ def test_poison_files_are_checked_and_exported(host, tmp_path):
   assert cls["mode"] == "class"
   cp = poison_io.apply(ds, poison_io.load_poison(tmp_path / "c", ds), fraction=0.5)
   assert cp.train.delta_mode == "sample" and cp.train.delta.shape == (64, 8, 8, 1)
+  np.testing.assert_array_equal(poison_io.poisoned_images(ds, poison_io.load_poison(tmp_path / "c", ds)),
+                                poison_io.quantized_images(host.train.images, delta[:4][host.train.labels], "round"))
 
   # refusals: another dataset, a modified file, a missing poison
   other = data.to_device(data.subset(host, 32), mesh)

@@ -65,7 +65,8 @@ def cmd_poison(argv: Sequence[str]) -> int:
           f"{100 * results['perturbed_train_accuracy']:.2f}%")
   print(f"poison: {results['poison']}")
   exports = set(fv.export) | {f for f in ("png", "npz") if config.export[f]}
-  if exports and parallel.is_main_process():
+  if exports:  # every process: a training split sharded over processes is gathered; process 0 writes
+    parallel.barrier("poison written")  # process 0 wrote the poison directory
     poison = poison_io.load_poison(results["poison"], ds)
     if "npz" in exports:
       print(f"npz: {poison_io.export_npz(f'{fv.workdir}/poisoned_train.npz', ds, poison)}")

@@ -28,7 +28,6 @@ import tempfile
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxprotect import data, parallel
@@ -253,38 +252,47 @@ def apply(ds: data.DeviceDataset, poison: Poison, fraction: float = 1.0, seed: i
 
 
 def poisoned_images(ds: data.DeviceDataset, poison: Poison) -> np.ndarray:
-  """The protected training images as uint8 (rounded to the nearest level: up to half a
-  grey level away from ``x + delta``)."""
-  split = ds.train.replace(delta=jnp.asarray(poison.delta), delta_mode=poison.mode)
-  x, _ = jax.jit(lambda s: s.gather(jnp.arange(s.size)))(split)
-  return np.asarray(jnp.round(x * 255.0), np.uint8)
+  """The protected training images as uint8 (``quantized_images(..., "round")``: the nearest
+  level, up to half a grey level away from ``x + delta``), computed on the host: no program
+  is compiled. With the training split sharded over several processes (``data.layout=
+  "sharded"``) its images are gathered, so every process must call it, as any collective;
+  otherwise each process reads its own copy and may call it alone."""
+  check_matches(poison, ds)
+  labels = data.host_value(ds.train.labels)
+  delta = poison.delta if poison.mode == "sample" else poison.delta[labels]
+  return quantized_images(parallel.to_host(ds.train.images), delta, "round")
 
 
 def export_npz(path: os.PathLike | str, ds: data.DeviceDataset, poison: Poison) -> pathlib.Path:
   """The protected training set and the clean test set as an ``.npz`` that
   ``jaxprotect.data.load(path)`` (or numpy) reads: ``x_train`` (uint8 NHWC), ``y_train``,
-  ``ids_train``, ``x_test``, ``y_test``, ``ids_test``, ``num_classes``."""
+  ``ids_train``, ``x_test``, ``y_test``, ``ids_test``, ``num_classes``. In a multi-process
+  run every process calls it (the images may have to be gathered) and process 0 writes."""
   path = pathlib.Path(path)
   get = data.host_value
   arrays = {"x_train": poisoned_images(ds, poison), "y_train": get(ds.train.labels), "ids_train": get(ds.train.ids),
-            "x_test": get(ds.test.images), "y_test": get(ds.test.labels), "ids_test": get(ds.test.ids),
+            "x_test": parallel.to_host(ds.test.images), "y_test": get(ds.test.labels), "ids_test": get(ds.test.ids),
             "num_classes": np.int64(ds.num_classes)}
-  tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "wb") as f:
-    np.savez_compressed(f, **arrays)
-  os.replace(tmp, path)
+  if parallel.is_main_process():
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+      np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
   return path
 
 
 def export_png(directory: os.PathLike | str, ds: data.DeviceDataset, poison: Poison) -> pathlib.Path:
   """One PNG per protected training image: ``<directory>/<label>/<id>.png`` (the
-  ImageFolder layout other tools read)."""
+  ImageFolder layout other tools read). In a multi-process run every process calls it and
+  process 0 writes."""
   from jaxprotect import platform  # noqa: PLC0415
 
   Image = platform.require("PIL.Image", "plot", "PNG export")
 
   directory = pathlib.Path(directory)
   images = poisoned_images(ds, poison)
+  if not parallel.is_main_process():
+    return directory
   labels = data.host_value(ds.train.labels)
   ids = data.host_value(ds.train.ids)
   tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
