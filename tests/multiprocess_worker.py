@@ -54,12 +54,13 @@ def tiny_certify_config(model_dir):
 
 def tiny_victim_config(poison_dir):
   """A victim trained for one epoch on ``tiny_craft_config``'s data laid out sharded, half of
-  it carrying the poison, stored as uint8 (every host read of poison_io on that layout)."""
+  it carrying the poison, stored as uint8 (every host read of poison_io on that layout), under
+  the JPEG squeeze (a host pass over the images of both processes)."""
   from jaxprotect import config as config_lib
   return config_lib.apply_overrides(tiny_craft_config(), [
       "data.layout=sharded", "victim.model_kwargs.width=8", "victim.epochs=1", "victim.batch_size=64",
       "victim.eval_batch_size=400", f"evaluate.poison={poison_dir}", "evaluate.clean=false",
-      "evaluate.poison_fraction=0.5", "evaluate.quantize=round"])
+      "evaluate.poison_fraction=0.5", "evaluate.quantize=round", "defense.name=jpeg"])
 
 
 def main(argv):

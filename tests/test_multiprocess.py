@@ -208,6 +208,7 @@ def test_a_victim_on_a_sharded_layout_in_two_processes_matches_one_process(tmp_p
   one = victims.evaluate(config, tmp_path / "one", mesh)
   two = json.loads((tmp_path / "two" / "results.json").read_text())
   assert two["dataset_fingerprint"] == one["dataset_fingerprint"]  # the same poisoned half, stored as uint8
+  assert two["defense"]["name"] == "jpeg" and two["defense"]["runs"] == ["poisoned"]  # squeezed in both processes
   _, v1, _ = runner.load_trained(tmp_path / "one" / "poisoned")
   leaves, treedef = jax.tree.flatten(v1)
   with np.load(tmp_path / "two" / "victim.npz") as z:
