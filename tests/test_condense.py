@@ -221,6 +221,31 @@ def test_resumed_condensation_equals_an_uninterrupted_one_bitwise(method):
     assert set(run(method, 0, real_ids=ids).init_ids.tolist()) <= set(ids.tolist())
 
 
+@pytest.mark.parametrize("method", ["dc", "dsa"])
+def test_host_loop_iterations_equal_the_one_program_form(method):
+  """A DC/DSA iteration whose outer and inner loops run from the host (the CPU default)
+  computes the iteration of the one-program form (``lax.scan`` / ``fori_loop``): the same
+  networks, batches and augmentations, so the same images and loss to float rounding."""
+  _, x, y = tiny_data()
+  opts = dict(model=tiny_model(), loops=(2, 2), batch_real=8, batch_train=4)
+  if method == "dsa":
+    opts["strategy"] = "crop_scale"
+  scan, host = (cd.condense_config(method, K, IPC, x.shape[1:], loop=f, **opts) for f in ("scan", "host"))
+  real = cd.real_data(x, y, K, cd.Normalization.of(x))
+  state = cd.init_state(scan, real, jax.random.PRNGKey(3), "noise")
+  step_scan, step_host = cd.make_step(scan), cd.make_step(host)
+  assert hasattr(step_scan, "lower") and not hasattr(step_host, "lower")
+  a, b = state, state
+  for _ in range(2):
+    (a, ma), (b, mb) = step_scan(a, real), step_host(b, real)
+    np.testing.assert_allclose(float(ma["loss"]), float(mb["loss"]), rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(a.images), np.asarray(b.images), rtol=1e-4, atol=1e-5)
+  assert not np.allclose(np.asarray(b.images), np.asarray(state.images), atol=1e-3)  # the images moved
+  assert int(b.iteration) == 2 and np.asarray(state.images).shape == np.asarray(b.images).shape  # state kept
+  with pytest.raises(ValueError, match=r"loop: expected one of 'scan', 'host', got 'python'"):
+    cd.condense_config(method, K, IPC, x.shape[1:], loop="python", **opts)
+
+
 def test_condense_input_checks():
   _, x, y = tiny_data()
   with pytest.raises(ValueError, match=r"ipc: expected at most 16 .* got 17"):
@@ -257,3 +282,13 @@ def test_seeds_trained_together_equal_seeds_trained_alone():
       np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[s], rtol=1e-4, atol=1e-5)
   # the two seeds are different networks
   assert not np.allclose(np.asarray(jax.tree.leaves(params)[0][0]), np.asarray(jax.tree.leaves(params)[0][1]))
+  # each epoch one call from the host (the CPU default), together or one seed at a time:
+  # the networks of the one-program form, to float rounding
+  scan_acc, scan_params = cd.evaluate_synthetic(result.images, result.labels, ds.test.images, ds.test.labels, keys,
+                                                return_params=True, loop="scan", **kw)
+  for vectorize in (True, False):
+    host_acc, host_params = cd.evaluate_synthetic(result.images, result.labels, ds.test.images, ds.test.labels,
+                                                  keys, return_params=True, loop="host", vectorize=vectorize, **kw)
+    for a, b in zip(jax.tree.leaves(host_params), jax.tree.leaves(scan_params)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(host_acc), np.asarray(scan_acc), atol=1.5 / len(ds.test.labels))

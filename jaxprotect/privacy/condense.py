@@ -74,6 +74,7 @@ __all__ = [
 METHODS = ("dc", "dsa", "dm")
 INITS = ("noise", "real")
 DISTANCES = ("ours", "mse", "cos")
+LOOP_FORMS = ("scan", "host")
 # (outer_loop, inner_loop) per images per class: the reference's get_loops (utils.py).
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 _LR_IMG = {"dc": 0.1, "dsa": 0.1, "dm": 1.0}
@@ -275,6 +276,7 @@ class CondenseConfig:
   eps: float = 1e-6
   vectorize: bool = False
   dsa_config: DSAConfig = DSAConfig()
+  loop: str = "scan"
 
 
 def condense_config(method: str, num_classes: int, ipc: int, image_shape: Sequence[int], *,
@@ -282,7 +284,7 @@ def condense_config(method: str, num_classes: int, ipc: int, image_shape: Sequen
                     loops: tuple[int, int] | None = None, batch_real: int = 256, batch_train: int = 256,
                     lr_img: float | None = None, momentum_img: float = 0.5, lr_net: float = 0.01,
                     distance: str = "ours", eps: float = 1e-6, vectorize: bool | None = None,
-                    dsa_config: DSAConfig = DSAConfig()) -> CondenseConfig:
+                    dsa_config: DSAConfig = DSAConfig(), loop: str | None = None) -> CondenseConfig:
   """The settings of a condensation run, with the reference's defaults.
 
   method: "dc", "dsa" or "dm". model: a flax module without BatchNorm statistics (default
@@ -291,7 +293,11 @@ def condense_config(method: str, num_classes: int, ipc: int, image_shape: Sequen
   ``dsa.default_strategy(channels, flip)`` for DSA and DM; DC has none). loops:
   ``(outer, inner)`` for DC/DSA, default ``LOOPS[ipc]``. lr_img: default 0.1 (DC/DSA),
   1.0 (DM). distance: "ours" (``gradient_match_distance``), "mse" or "cos". vectorize: vmap
-  the classes (default: everywhere but on CPU).
+  the classes (default: everywhere but on CPU). loop: how a DC/DSA iteration runs its outer
+  and inner loops -- ``"scan"`` (the iteration is one program) or ``"host"`` (a Python loop
+  over jitted matching steps and network epochs: XLA:CPU runs convolutions inside while
+  loops several times slower); default host on CPU, scan elsewhere. The two give the same
+  iteration up to float rounding; DM has no loops.
   """
   method = _check_choice(method, "method", METHODS)
   k = checks.check_positive_int(num_classes, "num_classes", minimum=2)
@@ -328,8 +334,9 @@ def condense_config(method: str, num_classes: int, ipc: int, image_shape: Sequen
   checks.check_positive(lr_img, "lr_img")
   checks.check_positive(lr_net, "lr_net")
   vectorize = (not platform.is_cpu()) if vectorize is None else bool(vectorize)
+  loop = _loop_form(loop)
   return CondenseConfig(method, k, ipc, shape, model, ops, outer, inner, int(batch_real), int(batch_train), lr_img,
-                        float(momentum_img), float(lr_net), distance, float(eps), vectorize, dsa_config)
+                        float(momentum_img), float(lr_net), distance, float(eps), vectorize, dsa_config, loop)
 
 
 @flax.struct.dataclass
@@ -484,64 +491,119 @@ def _init_params(model: Model, key: jax.Array, image_shape: tuple[int, ...]) -> 
   return model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)["params"]
 
 
-def _iteration(config: CondenseConfig, state: CondenseState, real: RealData) -> tuple[CondenseState, dict]:
+def _start(config: CondenseConfig, state: CondenseState) -> tuple[Model, Any, jax.Array]:
+  """The iteration's model, its freshly initialised network and the key of its loops."""
   model = as_model(config.model)
   key = jax.random.fold_in(state.key, state.iteration)
-  params = _init_params(model, jax.random.fold_in(key, 0), config.image_shape)
-  loop_key = jax.random.fold_in(key, 1)
-  img_opt = _image_optimizer(config)
+  return model, _init_params(model, jax.random.fold_in(key, 0), config.image_shape), jax.random.fold_in(key, 1)
 
-  def match_step(images, opt_state, params, k):
-    loss, g = jax.value_and_grad(lambda im: _total_loss(config, model, params, real, im, k))(images)
-    updates, opt_state = img_opt.update(g, opt_state, images)
-    return optax.apply_updates(images, updates), opt_state, loss
 
-  if config.method == "dm":
-    images, opt_state, loss = match_step(state.images, state.opt_state, params, loop_key)
-    mean_loss = loss / config.num_classes
-  else:
-    labels = synthetic_labels(config.num_classes, config.ipc)
-    net_opt = optax.sgd(config.lr_net)
+def _match_step(config: CondenseConfig, model: Model, real: RealData, images, opt_state, params, key):
+  """One update of the synthetic images by the matching loss of every class."""
+  loss, g = jax.value_and_grad(lambda im: _total_loss(config, model, params, real, im, key))(images)
+  updates, opt_state = _image_optimizer(config).update(g, opt_state, images)
+  return optax.apply_updates(images, updates), opt_state, loss
 
-    def outer(carry, ol):
-      images, opt_state, params, net_state = carry
-      k = jax.random.fold_in(loop_key, ol)
-      images, opt_state, loss = match_step(images, opt_state, params, jax.random.fold_in(k, 0))
 
-      def inner(net):  # not after the last outer loop (the reference's break)
-        return _train_epochs(model, net[0], net_opt, net[1], jax.lax.stop_gradient(images), labels,
-                             jax.random.fold_in(k, 1), config.inner_loop, config.batch_train, config.strategy,
-                             config.dsa_config)
+def _inner_epoch_fn(config: CondenseConfig, model: Model, images: jax.Array, outer_key: jax.Array):
+  """Epoch ``e`` of the network's training on the synthetic set after an outer loop whose
+  key is ``outer_key`` (the loop body of ``_train_epochs``)."""
+  return _epoch_fn(model, optax.sgd(config.lr_net), jax.lax.stop_gradient(images),
+                   synthetic_labels(config.num_classes, config.ipc), jax.random.fold_in(outer_key, 1),
+                   config.batch_train, config.strategy, config.dsa_config)
 
-      params, net_state = jax.lax.cond(ol < config.outer_loop - 1, inner, lambda ps: ps, (params, net_state))
-      return (images, opt_state, params, net_state), loss
 
-    carry = (state.images, state.opt_state, params, net_opt.init(params))
-    (images, opt_state, _, _), losses_L = jax.lax.scan(outer, carry, jnp.arange(config.outer_loop))
-    mean_loss = jnp.sum(losses_L) / (config.num_classes * config.outer_loop)
+def _finish(config: CondenseConfig, state: CondenseState, images, opt_state, loss_sum):
+  outer = 1 if config.method == "dm" else config.outer_loop
   new = state.replace(images=images, opt_state=opt_state, iteration=state.iteration + 1)
-  return new, {"loss": mean_loss}
+  return new, {"loss": loss_sum / (config.num_classes * outer)}
+
+
+def _iteration(config: CondenseConfig, state: CondenseState, real: RealData) -> tuple[CondenseState, dict]:
+  model, params, loop_key = _start(config, state)
+  if config.method == "dm":
+    images, opt_state, loss = _match_step(config, model, real, state.images, state.opt_state, params, loop_key)
+    return _finish(config, state, images, opt_state, loss)
+  net_opt = optax.sgd(config.lr_net)
+
+  def outer(carry, ol):
+    images, opt_state, params, net_state = carry
+    k = jax.random.fold_in(loop_key, ol)
+    images, opt_state, loss = _match_step(config, model, real, images, opt_state, params, jax.random.fold_in(k, 0))
+
+    def inner(net):  # not after the last outer loop (the reference's break)
+      return jax.lax.fori_loop(0, config.inner_loop, _inner_epoch_fn(config, model, images, k), net)
+
+    params, net_state = jax.lax.cond(ol < config.outer_loop - 1, inner, lambda ps: ps, (params, net_state))
+    return (images, opt_state, params, net_state), loss
+
+  carry = (state.images, state.opt_state, params, net_opt.init(params))
+  (images, opt_state, _, _), losses_L = jax.lax.scan(outer, carry, jnp.arange(config.outer_loop))
+  return _finish(config, state, images, opt_state, jnp.sum(losses_L))
 
 
 _STEP = jax.jit(_iteration, static_argnums=(0,))
 
 
+# The host form of a DC/DSA iteration: the same computation, its loops run from Python.
+@functools.partial(jax.jit, static_argnums=(0,))
+def _host_start(config: CondenseConfig, state: CondenseState):
+  _, params, loop_key = _start(config, state)
+  return params, optax.sgd(config.lr_net).init(params), loop_key
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2, 3))
+def _host_match(config: CondenseConfig, real: RealData, images, opt_state, params, loop_key, ol):
+  k = jax.random.fold_in(loop_key, ol)
+  return _match_step(config, as_model(config.model), real, images, opt_state, params, jax.random.fold_in(k, 0))
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
+def _host_inner_epoch(config: CondenseConfig, net, images, loop_key, ol, e):
+  return _inner_epoch_fn(config, as_model(config.model), images, jax.random.fold_in(loop_key, ol))(e, net)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _host_finish(config: CondenseConfig, state: CondenseState, images, opt_state, losses_L):
+  return _finish(config, state, images, opt_state, jnp.sum(losses_L))
+
+
+def _host_iteration(config: CondenseConfig, state: CondenseState, real: RealData) -> tuple[CondenseState, dict]:
+  params, net_state, loop_key = _host_start(config, state)
+  images, opt_state = jnp.copy(state.images), jax.tree.map(jnp.copy, state.opt_state)  # the state stays intact
+  losses_L = []
+  for ol in range(config.outer_loop):
+    ol_ = jnp.asarray(ol, jnp.int32)
+    images, opt_state, loss = _host_match(config, real, images, opt_state, params, loop_key, ol_)
+    losses_L.append(loss)
+    if ol < config.outer_loop - 1:
+      net = (params, net_state)
+      for e in range(config.inner_loop):
+        net = _host_inner_epoch(config, net, images, loop_key, ol_, jnp.asarray(e, jnp.int32))
+      params, net_state = net
+  return _host_finish(config, state, images, opt_state, jnp.stack(losses_L))
+
+
 def make_step(config: CondenseConfig) -> Callable[[CondenseState, RealData], tuple[CondenseState, dict]]:
-  """The jitted iteration ``step(state, real) -> (state, {"loss": ...})`` of
-  ``config.method`` (see the module docstring). The loss is the reference's ``loss_avg``:
-  the matching loss summed over classes, averaged over classes and outer loops, before
-  the iteration's image updates. Steps of equal configs share one compiled program;
-  ``step.lower(state, real)`` lowers it ahead of time."""
+  """The iteration ``step(state, real) -> (state, {"loss": ...})`` of ``config.method``
+  (see the module docstring). The loss is the reference's ``loss_avg``: the matching loss
+  summed over classes, averaged over classes and outer loops, before the iteration's image
+  updates. Steps of equal configs share their compiled programs. With ``config.loop ==
+  "scan"`` (or DM) the step is one jitted program and ``step.lower(state, real)`` lowers it
+  ahead of time; with ``"host"`` a DC/DSA step runs its loops from Python over jitted pieces
+  and has no ``lower``."""
+  host = config.loop == "host" and config.method != "dm"
 
   def step(state: CondenseState, real: RealData):
     with platform.fast_init_prng():
-      return _STEP(config, state, real)
+      return _host_iteration(config, state, real) if host else _STEP(config, state, real)
 
-  def lower(state: CondenseState, real: RealData):
-    with platform.fast_init_prng():
-      return _STEP.lower(config, state, real)
+  if not host:
+    def lower(state: CondenseState, real: RealData):
+      with platform.fast_init_prng():
+        return _STEP.lower(config, state, real)
 
-  step.lower = lower
+    step.lower = lower
   return step
 
 
@@ -682,29 +744,43 @@ def _train_fresh(spec: _EvalSpec, model: Model, opt: optax.GradientTransformatio
   return params
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _evaluate(spec: _EvalSpec, images, labels, test_x, test_y, keys):
-  model = as_model(spec.model)
+def _accuracy(spec: _EvalSpec, model: Model, params, test_x, test_y) -> jax.Array:
+  """The test accuracy of one network (a scan over test batches of ``spec.eval_batch``)."""
   n_test = test_x.shape[0]
   steps = -(-n_test // spec.eval_batch)
   pos_SxB = jnp.minimum(jnp.arange(steps * spec.eval_batch), n_test - 1).reshape(steps, spec.eval_batch)
   mask_SxB = (jnp.arange(steps * spec.eval_batch) < n_test).reshape(steps, spec.eval_batch)
+
+  def body(correct, xs):
+    pos, mask = xs
+    logits = model.apply({"params": params}, test_x[pos], train=False)[0]
+    return correct + jnp.sum((jnp.argmax(logits, -1) == test_y[pos]) & mask), None
+
+  correct, _ = jax.lax.scan(body, jnp.zeros((), jnp.int32), (pos_SxB, mask_SxB))
+  return correct / n_test
+
+
+def _over_seeds(spec: _EvalSpec, fn, *xs):
+  """``fn`` over the leading (seed) axis of ``xs``: vmapped, or one after another."""
+  return jax.vmap(fn)(*xs) if spec.vectorize else jax.lax.map(lambda a: fn(*a), xs)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _evaluate(spec: _EvalSpec, images, labels, test_x, test_y, keys):
+  model = as_model(spec.model)
   opt = _eval_optimizer(spec)
 
   def one(key):
     params = _train_fresh(spec, model, opt, images, labels, key)
+    return _accuracy(spec, model, params, test_x, test_y), params
 
-    def body(correct, xs):
-      pos, mask = xs
-      logits = model.apply({"params": params}, test_x[pos], train=False)[0]
-      return correct + jnp.sum((jnp.argmax(logits, -1) == test_y[pos]) & mask), None
+  return _over_seeds(spec, one, keys)
 
-    correct, _ = jax.lax.scan(body, jnp.zeros((), jnp.int32), (pos_SxB, mask_SxB))
-    return correct / n_test, params
 
-  if spec.vectorize:
-    return jax.vmap(one)(keys)
-  return jax.lax.map(one, keys)
+@functools.partial(jax.jit, static_argnums=(0,))
+def _accuracy_sets(spec: _EvalSpec, params_S, test_x, test_y):
+  model = as_model(spec.model)
+  return _over_seeds(spec, lambda p: _accuracy(spec, model, p, test_x, test_y), params_S)
 
 
 def evaluate_synthetic(images: jax.Array, labels: jax.Array, test_images: Any, test_labels: Any, keys: Any, *,
@@ -712,10 +788,12 @@ def evaluate_synthetic(images: jax.Array, labels: jax.Array, test_images: Any, t
                        batch_train: int = 256, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                        strategy: Any = None, dsa_config: DSAConfig = DSAConfig(),
                        eval_batch: int = 256, vectorize: bool = True, num_classes: int | None = None,
-                       return_params: bool = False):
+                       return_params: bool = False, loop: str | None = None):
   """Test accuracies of fresh networks trained on a synthetic set, one per seed, the
-  seeds trained together under ``jax.vmap`` (``vectorize=False``: one after another in one
-  program).
+  seeds trained together under ``jax.vmap`` (``vectorize=False``: one after another).
+  loop: ``"scan"`` (all of it one program) or ``"host"`` (one jitted epoch per call, as
+  ``train_on_sets``; XLA:CPU runs convolutions inside while loops several times slower);
+  default host on CPU, scan elsewhere. The two train the same networks up to float rounding.
 
   images, labels: the synthetic set, in the networks' space (``Condensed.images``,
   ``.labels``). test_images: pixels (float in [0, 1] or uint8), mapped into that space by
@@ -759,12 +837,21 @@ def evaluate_synthetic(images: jax.Array, labels: jax.Array, test_images: Any, t
   test_x = _as_float(test_images, "test_images")
   if normalization is not None:
     test_x = normalization.apply(test_x)
+  loop = _loop_form(loop)
   spec = _EvalSpec(model, epochs, checks.check_positive_int(batch_train, "batch_train"), float(lr), float(momentum),
                    float(weight_decay), parse_strategy(strategy), dsa_config,
                    checks.check_positive_int(eval_batch, "eval_batch"), bool(vectorize))
+  images, labels = jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32)
+  test_y = jnp.asarray(test_labels, jnp.int32)
   with platform.fast_init_prng():
-    acc, params = _evaluate(spec, jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32), test_x,
-                            jnp.asarray(test_labels, jnp.int32), keys)
+    if loop == "scan":
+      acc, params = _evaluate(spec, images, labels, test_x, test_y, keys)
+    else:  # the seeds together (vectorize) or one at a time, each epoch one call
+      groups = [keys] if vectorize else [keys[s:s + 1] for s in range(keys.shape[0])]
+      trained = [_train_sets_host(spec, jnp.broadcast_to(images, (len(g), *images.shape)),
+                                  jnp.broadcast_to(labels, (len(g), *labels.shape)), g) for g in groups]
+      params = jax.tree.map(lambda *a: jnp.concatenate(a), *trained)
+      acc = _accuracy_sets(spec, params, test_x, test_y)
   acc = acc.astype(jnp.float32)
   return (acc, params) if return_params else acc
 
@@ -777,10 +864,7 @@ def evaluate_synthetic(images: jax.Array, labels: jax.Array, test_images: Any, t
 def _train_sets_scan(spec: _EvalSpec, images_M, labels_M, keys_M):
   model = as_model(spec.model)
   opt = _eval_optimizer(spec)
-  one = lambda x, y, k: _train_fresh(spec, model, opt, x, y, k)  # noqa: E731
-  if spec.vectorize:
-    return jax.vmap(one)(images_M, labels_M, keys_M)
-  return jax.lax.map(lambda a: one(*a), (images_M, labels_M, keys_M))
+  return _over_seeds(spec, lambda x, y, k: _train_fresh(spec, model, opt, x, y, k), images_M, labels_M, keys_M)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -860,7 +944,7 @@ def train_on_sets(images_MxSxHxWxC: Any, labels_MxS: Any, keys_M: Any, *, model:
   if models.has_batch_stats(model, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)):
     raise ValueError("model: expected a network without BatchNorm statistics (e.g. the ConvNet with "
                      "norm='instancenorm')")
-  loop = ("host" if platform.is_cpu() else "scan") if loop is None else _check_choice(loop, "loop", ("scan", "host"))
+  loop = _loop_form(loop)
   spec = _EvalSpec(model, epochs, checks.check_positive_int(batch_train, "batch_train"), float(lr), float(momentum),
                    float(weight_decay), parse_strategy(strategy), dsa_config, 1, bool(vectorize))
   images = jnp.asarray(images_MxSxHxWxC, jnp.float32)
@@ -868,7 +952,17 @@ def train_on_sets(images_MxSxHxWxC: Any, labels_MxS: Any, keys_M: Any, *, model:
   with platform.fast_init_prng():
     if loop == "scan":
       return _train_sets_scan(spec, images, labels, keys_M)
-    carry = _init_sets(spec, keys_M, image_shape)
-    for e in range(epochs + 1):
-      carry = _epoch_sets(spec, carry, images, labels, keys_M, jnp.asarray(e, jnp.int32))
-    return carry[0]
+    return _train_sets_host(spec, images, labels, keys_M)
+
+
+def _loop_form(loop: str | None) -> str:
+  """``loop`` checked, or its default: host on CPU, scan elsewhere."""
+  return ("host" if platform.is_cpu() else "scan") if loop is None else _check_choice(loop, "loop", LOOP_FORMS)
+
+
+def _train_sets_host(spec: _EvalSpec, images_M, labels_M, keys_M):
+  """``_train_sets_scan``'s networks, one jitted epoch of all M per call."""
+  carry = _init_sets(spec, keys_M, tuple(images_M.shape[2:]))
+  for e in range(spec.epochs + 1):
+    carry = _epoch_sets(spec, carry, images_M, labels_M, keys_M, jnp.asarray(e, jnp.int32))
+  return carry[0]
