@@ -4,12 +4,14 @@
 (kuangliu/pytorch-cifar): conv3x3(w)-BN-ReLU, four stages of w/2w/4w/8w channels with
 strides 1, 2, 2, 2, 1x1 conv + BN projection shortcuts, global average pooling, linear;
 ResNet-18 at ``width=64`` has 11,173,962 parameters, like ``jaxprotect.models``'
-``resnet18``. ``SmallCNN`` mirrors ``jaxprotect.models.SmallCNN``. Both take float
-``B x C x H x W`` input in [0, 1] and return ``(logits_BxK, feats_BxD)``; BatchNorm uses
-PyTorch's momentum 0.1 (flax's 0.9) and epsilon 1e-5. ``get`` initialises the weights
-with the distributions ``jaxprotect.models`` uses (``init_like_jaxprotect``), so that
-the end-to-end workload's crafting dynamics (and its stop rule) behave alike on both
-sides; the values themselves differ.
+``resnet18``. ``SmallCNN`` mirrors ``jaxprotect.models.SmallCNN``, ``ConvNet`` the
+condensation ConvNet (``jaxprotect.models.ConvNet``, with PyTorch's default initialisation,
+as the condensation reference). All take float ``B x C x H x W`` input and return
+``(logits_BxK, feats_BxD)``; BatchNorm uses PyTorch's momentum 0.1 (flax's 0.9) and
+epsilon 1e-5. ``get`` initialises ResNet and SmallCNN weights with the distributions
+``jaxprotect.models`` uses (``init_like_jaxprotect``), so that the end-to-end workload's
+crafting dynamics (and its stop rule) behave alike on both sides; the values themselves
+differ.
 """
 
 from __future__ import annotations
@@ -81,6 +83,45 @@ class SmallCNN(nn.Module):
     x = F.max_pool2d(F.relu(self.conv1(x)), 2)
     feats = F.relu(self.fc(torch.flatten(x, 1)))
     return self.head(feats), feats
+
+
+class ConvNet(nn.Module):
+  """The condensation ConvNet (``jaxprotect.models.ConvNet``; VICO-UoE/DatasetCondensation's
+  ``ConvNet``): ``depth`` blocks of conv3x3(width, bias)-norm-ReLU-avgpool2x2, a Linear on
+  the flattened features; ``norm`` "instancenorm" (``GroupNorm(width, width)``, affine),
+  "batchnorm" or "none". A 28x28 input pads its first convolution by 3 (as 32x32).
+  PyTorch's default initialisation (the reference's)."""
+
+  def __init__(self, num_classes: int = 10, width: int = 128, depth: int = 3, norm: str = "instancenorm",
+               in_channels: int = 3, image_size: int = 32):
+    super().__init__()
+    if norm not in ("instancenorm", "batchnorm", "none"):
+      raise ValueError(f"unknown norm {norm!r}; expected 'instancenorm', 'batchnorm' or 'none'")
+    layers: list[nn.Module] = []
+    side, channels = image_size, in_channels
+    for d in range(depth):
+      pad = 3 if (d == 0 and image_size == 28) else 1
+      layers.append(nn.Conv2d(channels, width, 3, padding=pad))
+      side += 2 * pad - 2
+      if norm == "instancenorm":
+        layers.append(nn.GroupNorm(width, width, affine=True))
+      elif norm == "batchnorm":
+        layers.append(nn.BatchNorm2d(width))
+      layers.append(nn.ReLU(inplace=True))
+      if side >= 2:
+        layers.append(nn.AvgPool2d(2, 2))
+        side //= 2
+      channels = width
+    self.features = nn.Sequential(*layers)
+    self.classifier = nn.Linear(width * side * side, num_classes)
+
+  def embed(self, x: torch.Tensor) -> torch.Tensor:
+    """The flattened features (DM's embedding)."""
+    return torch.flatten(self.features(x), 1)
+
+  def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    feats = self.embed(x)
+    return self.classifier(feats), feats
 
 
 _TRUNC_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2] (flax's truncated_normal)

@@ -257,3 +257,28 @@ def test_clear_compiled_makes_the_next_run_compile_again():
     assert len(seen) > before
   finally:
     jax.monitoring.unregister_event_duration_listener(on_duration)
+
+
+def test_privacy_speed_study_quick_runs_every_workload(tmp_path):
+  """``benchmarks.studies.privacy_speed --quick``: a row per workload (shadow models in both
+  chunkings, DM, DC) with both sides' positive, finite rates, also written as JSON lines."""
+  pytest.importorskip("torch")
+  from benchmarks.studies import privacy_speed  # noqa: PLC0415
+
+  out = tmp_path / "rows.jsonl"
+  # one PyTorch thread: its default threads spin on an oversubscribed CPU (the rate is what is checked, not its value)
+  rows = privacy_speed.main(["--quick", "--torch-threads", "1", "--out", str(out)])
+  assert [(r["workload"], r["variant"]) for r in rows] == [
+      ("shadow", "all_models_vmapped"), ("shadow", "1_per_chunk"), ("dm", "jitted_iteration"),
+      ("dc", "jitted_iteration")]
+  assert [json.loads(line) for line in out.read_text().splitlines()] == [common.jsonable(r) for r in rows]
+  for r in rows:
+    for key in ("unit", "jax_rate", "torch_rate", "ratio_median", "repeats", "warmup_s", "jax_version", "torch_version",
+                "torch_threads", "cpu_count", "date", "load_average_before", "load_average_after"):
+      assert key in r, (key, r)
+    assert r["unit"] == ("models/hour" if r["workload"] == "shadow" else "iterations/s")
+    for key in ("jax_rate", "torch_rate", "ratio_median"):
+      assert np.isfinite(r[key]) and r[key] > 0, (key, r)
+    assert r["ratio_median"] == pytest.approx(r["jax_rate"] / r["torch_rate"])  # one round: the rates' ratio
+  assert [r["models_per_chunk"] for r in rows[:2]] == [2, 1]
+  assert rows[3]["outer_loop"] == 2 and rows[3]["inner_loop"] == 1
