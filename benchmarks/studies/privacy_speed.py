@@ -42,10 +42,10 @@ either side:
   last outer loop, ``inner`` epochs of SGD (lr 0.01) of the network on the synthetic set
   (batch 256). ``--dc-loops outer,inner`` applies to both sides; the default (1, 1) is
   the gradient-matching loops of ``fashion_mnist_mini`` (its DSA), one matching step and
-  no inner training; the reference's for ipc 10 (``condense.LOOPS``) is ``10,50``, an
-  iteration of which runs minutes in jaxprotect on CPU (its outer and inner loops are XLA
-  while loops, whose convolutions XLA:CPU runs several times slower). Rate: iterations
-  per second.
+  no inner training; the reference's for ipc 10 (``condense.LOOPS``) is ``10,50``, about
+  a minute per iteration on each side on 2 CPU cores. jaxprotect runs the loops as
+  ``condense_config`` chooses for the platform (on CPU from the host: XLA:CPU runs
+  convolutions inside while loops several times slower). Rate: iterations per second.
 
 Everything is built, compiled and run once untimed (``warmup_s``: each side's first run,
 compiles included); then ``--repeats`` rounds alternate the implementations (jaxprotect
