@@ -588,12 +588,13 @@ def _probe_cell(probe: dict[str, Any]) -> str:
 
 
 def search_table(searches: list[dict[str, Any]]) -> str:
-  lines = ["| topology | largest per-chip batch that fits | smallest that does not | compiles | probes (batch: need) |",
-           "|---|---|---|---|---|"]
+  lines = ["| topology | largest per-chip batch that fits | smallest that does not | resolution | compiles | "
+           "probes (batch: need) |",
+           "|---|---|---|---|---|---|"]
   for s in searches:
     probes = ", ".join(f"{p['per_chip_batch']}: {_probe_cell(p)}" for p in s["probes"])
     lines.append(f"| {s['topology']} | {s['largest_fitting'] or '-'} | {s['smallest_failing'] or '-'} | "
-                 f"{len(s['probes'])} | {probes} |")
+                 f"{s.get('granule', '-')} | {len(s['probes'])} | {probes} |")
   return "\n".join(lines)
 
 
@@ -654,11 +655,13 @@ def markdown_section(meta: dict[str, Any], rows: list[dict[str, Any]], searches:
   lines += ["", table(rows), ""]
   if searches or meta["searched"]:
     lines += ["### Largest per-chip batch of the training step (by compiling)", "",
-              f"Doubling from {meta['search_start']}, then bisection to a multiple of "
-              f"{meta['search_granule']}, at most {meta['search_probes']} compiles; a batch fits "
+              "Doubling from the first probe of a row (halving if it does not fit), then bisection to a "
+              "multiple of the row's resolution (`--search-start`, `--search-granule`); a batch fits "
               "when it compiles and its total stays within the chip's HBM. Done for: "
               f"{', '.join(s['topology'] for s in searches) or 'none'} (not for the other topologies: "
-              "each probe is a compile of minutes on the build machine).", ""]
+              "each probe is a compile of minutes on the build machine; with the state replicated, a "
+              "chip's memory does not depend on how many chips the slice has, as the rows above at 128 "
+              "per chip show).", ""]
     if searches:
       lines += [search_table(searches), ""]
   if findings:
