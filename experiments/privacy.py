@@ -18,8 +18,8 @@ Variants:
                       measured 2-3x slower), ipc 10; DM 100 iterations (the reference
                       runs 20,000; 0.2-0.3 s an iteration here, 16 condensations per
                       set); sets real, random, dm. DSA is configured (4 iterations, loops
-                      (1, 1)) but not in ``mia.sets``: one DSA iteration took about 30 s
-                      at width 16 on this CPU (4 x 16 iterations: about 32 minutes more);
+                      (1, 1)) but not in ``mia.sets``: its cell (16 condensations and
+                      targets) took 11 minutes on 2 busy CPU cores;
                       add it with --config.mia.sets=real,random,dm,dsa (finished cells are
                       read back); targets trained 60 epochs (+1) with batch 50 (so a
                       synthetic set of 100 images takes 2 steps an epoch, a real half of
