@@ -17,6 +17,7 @@ simulated devices that XLA_FLAGS gives this process, then runs TASK in WORKDIR:
 """
 
 import os
+import pathlib
 import sys
 
 
@@ -34,14 +35,12 @@ CRAFT_OVERRIDES = (
     "surrogate.model_kwargs.width=8", "craft.pgd.batch_size=128", "craft.pgd.steps=2", "craft.train_steps=2",
     "craft.max_iterations=2", "craft.stop_error=0.0", "runtime.progress=false", "runtime.tensorboard=false",
     "export.preview=true")  # process 0 alone draws it from its own copy of the images
-CRAFT_CONFIG = "experiments/em.py:fashion_mnist_mini"  # relative to the repository root
+CRAFT_CONFIG = f"{pathlib.Path(__file__).resolve().parents[1] / 'experiments' / 'em.py'}:fashion_mnist_mini"
 
 
 def tiny_craft_config(*extra):
-  import pathlib
   from jaxprotect import config as config_lib
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  return config_lib.apply_overrides(config_lib.from_file(str(repo / CRAFT_CONFIG)), [*CRAFT_OVERRIDES, *extra])
+  return config_lib.apply_overrides(config_lib.from_file(CRAFT_CONFIG), [*CRAFT_OVERRIDES, *extra])
 
 
 def tiny_certify_config(model_dir):
@@ -91,23 +90,21 @@ def main(argv):
     results = victims.evaluate(config, workdir)
     _, variables, _ = runner.load_trained(os.path.join(workdir, "poisoned"))  # every process: Orbax syncs them
     ds = data.from_config(config)
+    # checking a poison against a split sharded over both processes reads this host's copies only
+    poison = poison_io.load_poison(arg, ds)
     # every process: the training split, sharded over both, is gathered; process 0 writes
-    poison_io.export_npz(os.path.join(workdir, "poisoned_train.npz"), ds, poison_io.load_poison(arg, ds))
+    poison_io.export_npz(os.path.join(workdir, "poisoned_train.npz"), ds, poison)
     if jax.process_index() == 0:
       np.savez(os.path.join(workdir, "victim.npz"), *jax.tree.leaves(variables))
-      # process 0 alone: checking a poison against a split sharded over both processes and
-      # drawing its preview read this host's copies and shards only
-      poison = poison_io.load_poison(arg, ds)
+      # process 0 alone: drawing the preview reads this host's shards only
       poison_io.save_preview(os.path.join(workdir, "preview.png"), ds, poison.delta, poison.mode, 8 / 255)
     print("devices", jax.device_count(), "processes", jax.process_count(), "accuracy",
           results["test_accuracy"]["poisoned"], flush=True)
     jax.distributed.shutdown()
     return
   if task == "craft":  # through the command line, the training split sharded over both processes
-    import pathlib
     from jaxprotect import cli
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    rc = cli.main(["poison", "--config", str(repo / CRAFT_CONFIG), *(f"--config.{o}" for o in CRAFT_OVERRIDES),
+    rc = cli.main(["poison", "--config", CRAFT_CONFIG, *(f"--config.{o}" for o in CRAFT_OVERRIDES),
                    "--config.data.layout=sharded", "--workdir", workdir, "--export", "npz"])
     print("devices", jax.device_count(), "processes", jax.process_count(), "rc", rc, flush=True)
     jax.distributed.shutdown()

@@ -552,7 +552,7 @@ def _host_start(config: CondenseConfig, state: CondenseState):
   return params, optax.sgd(config.lr_net).init(params), loop_key
 
 
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2, 3))
+@functools.partial(jax.jit, static_argnums=(0,))
 def _host_match(config: CondenseConfig, real: RealData, images, opt_state, params, loop_key, ol):
   k = jax.random.fold_in(loop_key, ol)
   return _match_step(config, as_model(config.model), real, images, opt_state, params, jax.random.fold_in(k, 0))
@@ -570,7 +570,7 @@ def _host_finish(config: CondenseConfig, state: CondenseState, images, opt_state
 
 def _host_iteration(config: CondenseConfig, state: CondenseState, real: RealData) -> tuple[CondenseState, dict]:
   params, net_state, loop_key = _host_start(config, state)
-  images, opt_state = jnp.copy(state.images), jax.tree.map(jnp.copy, state.opt_state)  # the state stays intact
+  images, opt_state = state.images, state.opt_state
   losses_L = []
   for ol in range(config.outer_loop):
     ol_ = jnp.asarray(ol, jnp.int32)
