@@ -17,11 +17,12 @@ Variants:
                       M = 16 targets, ConvNet width 16 (depth 3, instance norm; width 32
                       measured 2-3x slower), ipc 10; DM 100 iterations (the reference
                       runs 20,000; 0.2-0.3 s an iteration here, 16 condensations per
-                      set); sets real, random, dm. DSA is configured (4 iterations, loops
-                      (1, 1)) but not in ``mia.sets``: its cell (16 condensations and
-                      targets) took 11 minutes on 2 busy CPU cores;
-                      add it with --config.mia.sets=real,random,dm,dsa (finished cells are
-                      read back); targets trained 60 epochs (+1) with batch 50 (so a
+                      set); sets real, random, dm. DSA and DC are configured (4
+                      iterations each, loops (1, 1); DC from noise) but not in
+                      ``mia.sets``: the DSA cell (16 condensations and targets) took 11
+                      minutes on 2 busy CPU cores; add them with
+                      --config.mia.sets=real,random,dm,dsa,dc (finished cells are read
+                      back); targets trained 60 epochs (+1) with batch 50 (so a
                       synthetic set of 100 images takes 2 steps an epoch, a real half of
                       250 takes 5), lr x0.1 after half, DSA augmentation; one target per
                       chunk (on XLA:CPU a vmap of 16 ConvNets ran 1.6x slower than the
@@ -65,6 +66,9 @@ def get_config(arg: str | None = None):
     c.condense.dsa.iterations = 4
     c.condense.dsa.outer_loop = 1
     c.condense.dsa.inner_loop = 1
+    c.condense.dc.iterations = 4
+    c.condense.dc.outer_loop = 1
+    c.condense.dc.inner_loop = 1
   else:
     c.data.name = "fashion_mnist"
     c.data.dir = str(FMNIST_DIR)
