@@ -282,3 +282,16 @@ def test_privacy_speed_study_quick_runs_every_workload(tmp_path):
     assert r["ratio_median"] == pytest.approx(r["jax_rate"] / r["torch_rate"])  # one round: the rates' ratio
   assert [r["models_per_chunk"] for r in rows[:2]] == [2, 1]
   assert rows[3]["outer_loop"] == 2 and rows[3]["inner_loop"] == 1
+
+
+def test_privacy_speed_study_splits_shadow_models_over_devices():
+  """``--devices 2``: the jaxprotect shadow models train on a 2-device mesh (the model axis
+  split over it; a chunk of 1 padded to 2) and the rows say so."""
+  pytest.importorskip("torch")
+  from benchmarks.studies import privacy_speed  # noqa: PLC0415
+
+  rows = privacy_speed.main(["--quick", "--workloads", "shadow", "--devices", "2", "--torch-threads", "1"])
+  assert [(r["variant"], r["models_per_chunk"], r["devices"]) for r in rows] == [
+      ("all_models_vmapped", 2, 2), ("1_per_chunk", 1, 2)]
+  for r in rows:
+    assert np.isfinite(r["jax_rate"]) and r["jax_rate"] > 0, r

@@ -4,7 +4,7 @@ side by side in one process.
 
   python -m benchmarks.studies.privacy_speed [--workloads shadow,dm,dc] [--models 16] [--epochs 5]
       [--train-size 500] [--ipc 10] [--iterations 10] [--dc-iterations 1] [--dc-loops 1,1]
-      [--repeats 3] [--torch-threads 0] [--out FILE] [--quick]
+      [--repeats 3] [--devices 1] [--torch-threads 0] [--out FILE] [--quick]
 
 Every workload uses the condensation ConvNet of ``experiments/privacy.py:fashion_mnist_mini``
 (width 16, depth 3, instance norm, average pooling; ``--width``) on the embedded
@@ -55,13 +55,15 @@ Each row holds the median rate of each side and the median of the per-round rati
 PyTorch's thread count and the load average before and after. PyTorch keeps its default
 thread count unless ``--torch-threads`` sets one (on a CPU that other work keeps busy its
 default threads spin and run the same loops up to 100 times slower; 1 avoids that);
-jaxprotect runs on one CPU device. Prints one JSON line per row (``--out``: also written
+jaxprotect runs on one CPU device, or for the shadow models on ``--devices`` CPU devices
+(``jax_num_cpu_devices``) with the model axis split over them, so that each core trains
+its own models (a chunk is then padded to a multiple of the device count). Prints one JSON line per row (``--out``: also written
 there, one line each) and progress on stderr.
 
 The defaults take about 4 minutes on 2 busy CPU cores with one PyTorch thread (shadow
 models and DC about 1.5 minutes each, DM under a minute; compiles included); ``--quick``
 runs tiny sizes (2 models, 1 epoch on 256 images; 2 condensation iterations with loops
-(2, 1), width 8) in about a minute, most of it compiling.
+(2, 1), width 8; ``--devices`` still applies) in about a minute, most of it compiling.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class Sizes:
   batch_real: int = 256
   repeats: int = 3
   loop: str = ""  # "": train.default_loop
+  devices: int = 1  # CPU devices the shadow models are split over (jaxprotect side)
 
   @classmethod
   def quick(cls) -> Sizes:
@@ -214,7 +217,7 @@ def _shadow_torch(x: Any, y: Any, keep: np.ndarray, s: Sizes) -> float:
 def bench_shadow(s: Sizes, host: data.HostDataset) -> list[dict[str, Any]]:
   torch = _torch()
   load_before = common.load_average()
-  mesh = parallel.make_mesh(1)
+  mesh = parallel.make_mesh(s.devices)
   pool = data.subset(host, s.train_size)
   split = data.to_device(pool, mesh).train
   keep = mia.keep_masks(s.models, s.train_size, 0)
@@ -433,6 +436,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   p.add_argument("--condense-size", type=int, default=d.condense_size, help="real images condensed")
   p.add_argument("--batch-real", type=int, default=d.batch_real, help="real images per class per matching step")
   p.add_argument("--repeats", type=int, default=d.repeats)
+  p.add_argument("--devices", type=int, default=d.devices,
+                 help="CPU devices for jaxprotect's shadow models (the model axis split over them)")
   p.add_argument("--torch-threads", type=int, default=0,
                  help="PyTorch threads (0: its default; 1 avoids its spinning threads on an oversubscribed CPU)")
   p.add_argument("--out", default=None, help="also write the rows here (JSON lines)")
@@ -443,7 +448,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   if unknown or not workloads:
     p.error(f"--workloads: expected some of {', '.join(WORKLOADS)}, got {a.workloads!r}")
   if a.quick:
-    s = Sizes.quick()
+    s = dataclasses.replace(Sizes.quick(), devices=a.devices)
   else:
     loops = _ints(a.dc_loops)
     if len(loops) != 2:
@@ -451,7 +456,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     s = Sizes(models=a.models, epochs=a.epochs, train_size=a.train_size, batch_size=a.batch_size,
               chunks=_ints(a.chunks), width=a.width, ipc=a.ipc, iterations=a.iterations,
               dc_iterations=a.dc_iterations, dc_loops=loops, condense_size=a.condense_size,
-              batch_real=a.batch_real, repeats=a.repeats, loop=a.loop)
+              batch_real=a.batch_real, repeats=a.repeats, loop=a.loop, devices=a.devices)
+  if s.devices < 1:
+    p.error(f"--devices: expected a positive count, got {s.devices}")
+  if s.devices > 1:
+    try:  # as many CPU devices, if JAX has not started its backend yet (else: those it has)
+      jax.config.update("jax_num_cpu_devices", s.devices)
+    except RuntimeError:
+      pass
   return bench(workloads, s, a.out, a.torch_threads)
 
 
