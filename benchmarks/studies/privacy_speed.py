@@ -57,8 +57,8 @@ thread count unless ``--torch-threads`` sets one (on a CPU that other work keeps
 default threads spin and run the same loops up to 100 times slower; 1 avoids that);
 jaxprotect runs on one CPU device, or for the shadow models on ``--devices`` CPU devices
 (``jax_num_cpu_devices``) with the model axis split over them, so that each core trains
-its own models (a chunk is then padded to a multiple of the device count). Prints one JSON line per row (``--out``: also written
-there, one line each) and progress on stderr.
+its own models (a chunk is then padded to a multiple of the device count). Prints one
+JSON line per row (``--out``: also written there, one line each) and progress on stderr.
 
 The defaults take about 4 minutes on 2 busy CPU cores with one PyTorch thread (shadow
 models and DC about 1.5 minutes each, DM under a minute; compiles included); ``--quick``
