@@ -63,12 +63,10 @@ def get_config(arg: str | None = None):
     c.target.epochs = 60
     c.target.batch_size = 50
     c.condense.dm.iterations = 100
-    c.condense.dsa.iterations = 4
-    c.condense.dsa.outer_loop = 1
-    c.condense.dsa.inner_loop = 1
-    c.condense.dc.iterations = 4
-    c.condense.dc.outer_loop = 1
-    c.condense.dc.inner_loop = 1
+    for method in ("dsa", "dc"):  # configured, not in mia.sets (see the docstring)
+      c.condense[method].iterations = 4
+      c.condense[method].outer_loop = 1
+      c.condense[method].inner_loop = 1
   else:
     c.data.name = "fashion_mnist"
     c.data.dir = str(FMNIST_DIR)
