@@ -37,7 +37,7 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("clean", "em_sample", "em_class", "mi_ue", "random")
 LABELS = {"clean": "clean", "em_sample": "EM sample-wise", "em_class": "EM class-wise", "mi_ue": "MI-UE",
-          "random": "uniform random (control)", "pue": "PUE"}
+          "random": "uniform random (control)", "pue": "PUE", "pue_class": "PUE class-wise"}
 CONFIDENCE = 0.95
 
 

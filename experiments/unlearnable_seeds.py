@@ -57,6 +57,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "mi_ue_fixed": ("mi_ue.py:{v}", ("craft.reshuffle=never",), "MI-UE, fixed batch order"),
     "random": ("em.py:{v},random", (), "uniform random (control)"),
     "pue": ("pue.py:{v}", (), "PUE sample-wise"),
+    "pue_class": ("pue.py:{v},classwise", (), "PUE class-wise"),
 }
 DEFAULT_METHODS = ("em_sample", "em_class", "mi_ue", "mi_ue_fixed", "random")
 BASELINE = "em_sample"

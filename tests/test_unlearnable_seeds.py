@@ -111,6 +111,9 @@ def test_configs(seeds_mod):
   assert c.victim.model == "resnet18" and c.victim.model_kwargs.width == 8
   assert seeds_mod.method_config("em_sample", "fashion_mnist_mini", eps=0.3).craft.pgd.step_size == pytest.approx(0.03)
   assert seeds_mod.parse_victim("mlp") == ("mlp", ["victim.model=mlp"])
+  for method, mode in (("pue", "sample"), ("pue_class", "class")):
+    k = seeds_mod.method_config(method, "fashion_mnist_mini", eps=0.3).craft
+    assert (k.method, k.mode, k.eps) == ("pue", mode, 0.3)
 
 
 def test_tiny_run_and_resume(seeds_mod, tmp_path, capsys):
