@@ -78,7 +78,9 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise ValueError(f"no checkpoint in {self.directory}")
-    reader = ocp.CheckpointManager(self.directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
+    # both items registered: with "meta" unknown Orbax warns that it "could not be restored"
+    reader = ocp.CheckpointManager(self.directory, item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                                  "meta": ocp.JsonCheckpointHandler()})
     try:
       tree = reader.item_metadata(step)["state"]
       host = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), getattr(tree, "tree", tree))

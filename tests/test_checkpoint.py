@@ -87,3 +87,17 @@ def test_restore_under_other_config_is_a_clear_error(tmp_path):
     checkpoint.Checkpointer(tmp_path, config_hash="second").restore(state)
   with pytest.raises(ValueError, match="no checkpoint"):
     checkpoint.Checkpointer(tmp_path / "empty", config_hash="x").restore(state)
+
+
+def test_restore_raw_reads_the_state_without_orbax_warnings(tmp_path, caplog):
+  state = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3), "n": jnp.asarray(3, jnp.int32)}
+  ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", "h")
+  ckpt.save(5, state, {"epoch": 1})
+  ckpt.close()
+  with caplog.at_level("WARNING"):
+    raw = checkpoint.Checkpointer(tmp_path / "checkpoints", "h").restore_raw()
+  assert isinstance(raw["w"], np.ndarray) and raw["w"].dtype == np.float32
+  np.testing.assert_array_equal(raw["w"], np.asarray(state["w"]))
+  assert int(raw["n"]) == 3
+  assert not [r for r in caplog.records if "could not be restored" in r.getMessage()], caplog.text
+
