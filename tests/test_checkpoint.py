@@ -100,4 +100,3 @@ def test_restore_raw_reads_the_state_without_orbax_warnings(tmp_path, caplog):
   np.testing.assert_array_equal(raw["w"], np.asarray(state["w"]))
   assert int(raw["n"]) == 3
   assert not [r for r in caplog.records if "could not be restored" in r.getMessage()], caplog.text
-
