@@ -2,9 +2,12 @@
 
   jaxprotect certify --config experiments/certify.py[:<variant>] --config.certify.model=RUN_DIR --workdir DIR
 
-RUN_DIR is a finished training run: ``jaxprotect train``'s workdir, or the ``poisoned`` /
-``clean`` victim directory of ``jaxprotect evaluate``. The draws are evaluated on the clean
-test split of the data the model was trained on.
+RUN_DIR is a finished training run: ``jaxprotect train``'s workdir, the ``poisoned`` /
+``clean`` victim directory of ``jaxprotect evaluate``, or a finished ``jaxprotect poison``
+workdir, whose surrogate at the end of crafting is certified (what the authors' certify.sh
+certifies: the surrogate trained on the unlearnable examples). The draws are evaluated on
+the clean test split of the data the model was trained on (``--config.certify.test_subset=n``:
+its first n images).
 
 Variants:
   reference  the authors' certify.sh: N = 1000 draws, sigma 0.25, q 0.9, confidence

@@ -4,15 +4,18 @@ architecture) certified by ``jaxprotect certify``, then compared over the seeds.
 
   python experiments/certify_seeds.py --source runs/ue_seeds --workdir runs/certify_seeds \\
       [--methods clean,em_sample,em_class,mi_ue,random] [--seeds 0,1,2] [--victim small_cnn] \\
-      [--num-draws 450] [--sigma 0.05] [--q 0.9] [--confidence 0.99] [--etas 0.001,0.005,0.01,0.05]
+      [--num-draws 450] [--sigma 0.05] [--q 0.9] [--confidence 0.99] [--etas 0.001,0.005,0.01,0.05] \\
+      [--test-subset 0]
 
 Victims: ``<source>/clean/<victim>-seed<k>-*`` (the clean row) and
-``<source>/<method>/seed<k>-<victim>/poisoned``. Each is certified into
+``<source>/<method>/seed<k>-<victim>/poisoned``; with ``--victim surrogate``, the crafts
+``<source>/<method>/seed<k>`` instead (each craft's surrogate at the end of crafting, the
+model the PUE reference's certify.sh certifies; no clean or random row). Each is certified into
 ``<workdir>/<method>/seed<k>`` by
 
   jaxprotect certify --config experiments/certify.py:quick --config.certify.model=VICTIM
       --config.certify.num_draws=N --config.certify.sigma=SIGMA --config.certify.q=Q
-      --config.certify.confidence=C --workdir <workdir>/<method>/seed<k>
+      --config.certify.confidence=C --config.certify.test_subset=T --workdir <workdir>/<method>/seed<k>
 
 (the reference eta list, ``certify.ETAS``); a directory whose ``results.json`` exists is not
 run again. ``table.md`` and ``table.json`` in ``--workdir`` then give, per method, the
@@ -42,6 +45,14 @@ CONFIDENCE = 0.95
 
 
 def victim_dir(source: pathlib.Path, method: str, seed: int, victim: str) -> pathlib.Path:
+  """The run directory certified for ``method`` and ``seed``: the victim trained on the
+  poison, or, with ``victim="surrogate"``, the craft itself (its surrogate at the end of
+  crafting, the model the PUE reference certifies)."""
+  if victim == "surrogate":
+    if method in ("clean", "random"):
+      raise ValueError(f"--methods: {method!r} has no crafting surrogate; with --victim surrogate choose among "
+                       "the crafted poisons")
+    return source / method / f"seed{seed}"
   if method == "clean":
     found = sorted((source / "clean").glob(f"{victim}-seed{seed}-*"))
     if len(found) != 1:
@@ -79,7 +90,8 @@ def certify_one(model: pathlib.Path, workdir: pathlib.Path, args: argparse.Names
     cmd = [str(REPO / ".venv" / "bin" / "jaxprotect"), "certify", "--config", "experiments/certify.py:quick",
            f"--config.certify.model={model}", f"--config.certify.num_draws={args.num_draws}",
            f"--config.certify.sigma={args.sigma}", f"--config.certify.q={args.q}",
-           f"--config.certify.confidence={args.confidence}", "--workdir", str(workdir)]
+           f"--config.certify.confidence={args.confidence}", f"--config.certify.test_subset={args.test_subset}",
+           "--workdir", str(workdir)]
     start = time.time()
     subprocess.run(cmd, cwd=REPO, check=True)
     print(f"certify_seeds: {workdir} in {time.time() - start:.0f} s", flush=True)
@@ -109,7 +121,8 @@ def build_table(results: dict[str, list[dict[str, Any]]], etas: Sequence[float])
   rows = {}
   for method, runs in results.items():
     rows[method] = {
-        "model_accuracy": summary([r["model_test_accuracy"] for r in runs]),
+        # the model on the images its draws were evaluated on
+        "model_accuracy": summary([r.get("model_subset_accuracy", r["model_test_accuracy"]) for r in runs]),
         "mean_draw_accuracy": summary([r["mean_accuracy"] for r in runs]),
         "certified": {str(e): summary([_at(r, e) for r in runs]) for e in etas},
     }
@@ -138,8 +151,9 @@ def _pm(s: dict[str, Any] | None) -> str:
 
 def render(table: dict[str, Any], args: argparse.Namespace) -> str:
   etas = table["etas"]
+  images = f"the first {args.test_subset} test images" if args.test_subset else "the whole test split"
   lines = [f"Certified (q={args.q}, eta)-learnability, N={args.num_draws} draws, sigma={args.sigma}, "
-           f"confidence {args.confidence}; percent, mean +- std over seeds {args.seeds}.", "",
+           f"confidence {args.confidence}, on {images}; percent, mean +- std over seeds {args.seeds}.", "",
            "| training set | model acc. | mean draw acc. | " + " | ".join(f"cert. eta={e:g}" for e in etas) + " |",
            "|---|---|---|" + "---|" * len(etas)]
   for method, row in table["rows"].items():
@@ -168,12 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--workdir", required=True, type=pathlib.Path)
   p.add_argument("--methods", default=",".join(METHODS))
   p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--victim", default="small_cnn")
+  p.add_argument("--victim", default="small_cnn", help="the victims' model name, or 'surrogate'")
   p.add_argument("--num-draws", type=int, default=450)
   p.add_argument("--sigma", type=float, default=0.05)
   p.add_argument("--q", type=float, default=0.9)
   p.add_argument("--confidence", type=float, default=0.99)
   p.add_argument("--etas", default="0.001,0.005,0.01,0.05", help="the etas of the table (among certify.ETAS)")
+  p.add_argument("--test-subset", type=int, default=0,
+                 help="evaluate the draws on the first n test images (certify.test_subset; 0: all)")
   args = p.parse_args(argv)
   methods = [m for m in args.methods.split(",") if m]
   seeds = [int(s) for s in args.seeds.split(",") if s]

@@ -165,12 +165,16 @@ def fit(
 
 def load_trained(run_dir: os.PathLike | str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
   """``(model, variables, info)`` of a finished ``fit`` run directory (any model section:
-  ``train``, ``victim``, ``teacher``, ``student``, ...): the zoo model of its config, its
-  final parameters and BatchNorm statistics (host arrays, checked against the run's
-  parameter digest), and ``info`` = ``{"section", "config", "results"}``.
+  ``train``, ``victim``, ``teacher``, ``student``, ...) or of a finished craft
+  (``jaxprotect poison``: its surrogate at the end of crafting, the model the PUE
+  reference certifies): the zoo model of its config, its final parameters and BatchNorm
+  statistics (host arrays, checked against the run's parameter digest), and ``info`` =
+  ``{"section", "config", "results"}``; ``results`` carries ``params_sha256`` and
+  ``test_accuracy`` (None for a crafting surrogate, which is never evaluated on the test
+  split).
 
-  Raises ValueError for a directory without a finished run (no ``results.json``) or whose
-  model is not from the zoo."""
+  Raises ValueError for a directory without a finished run (no ``results.json``), a craft
+  without a surrogate (the surrogate-free baselines) or a model not from the zoo."""
   import json  # noqa: PLC0415
   import pathlib  # noqa: PLC0415
 
@@ -178,28 +182,41 @@ def load_trained(run_dir: os.PathLike | str) -> tuple[Any, dict[str, Any], dict[
 
   run_dir = pathlib.Path(run_dir)
   results_path, config_path = run_dir / "results.json", run_dir / "config.json"
-  if not results_path.exists() or not config_path.exists() or not (run_dir / "checkpoints").is_dir():
-    raise ValueError(f"model: {run_dir} holds no finished training run (config.json, checkpoints/ and results.json "
-                     "of jaxprotect train / evaluate / distill)")
+  missing = ValueError(f"model: {run_dir} holds no finished training run (config.json, checkpoints/ and "
+                       "results.json of jaxprotect train / evaluate / distill / poison)")
+  if not results_path.exists() or not config_path.exists():
+    raise missing
   results, saved = json.loads(results_path.read_text()), json.loads(config_path.read_text())
-  if "params_sha256" not in results:
+  if results.get("surrogate_params_sha256", "") is None:
+    raise ValueError(f"model: {run_dir} is a craft of {results.get('method')!r}, which trains no surrogate")
+  if not (run_dir / "checkpoints").is_dir():
+    raise missing
+  if "user_model" in saved:
+    raise ValueError(f"model: cannot rebuild the model of {run_dir}: it is a user's model, not from the zoo")
+  if "surrogate_params_sha256" in results:  # a craft: its surrogate
+    section, item = "surrogate", "surrogate"
+    results = {**results, "params_sha256": results["surrogate_params_sha256"], "test_accuracy": None}
+  elif "params_sha256" not in results:
     raise ValueError(f"model: {run_dir} is not a training run (its results.json has no params_sha256)")
-  sections = [s for s in saved.get("hashed_sections", []) if s not in FIT_SECTIONS]
-  if len(sections) != 1 or "user_model" in saved:
-    raise ValueError(f"model: cannot rebuild the model of {run_dir} (hashed sections {sections}); "
-                     "only zoo models of runner.fit runs load this way")
-  section = sections[0]
+  else:
+    sections = [s for s in saved.get("hashed_sections", []) if s not in FIT_SECTIONS]
+    if len(sections) != 1:
+      raise ValueError(f"model: cannot rebuild the model of {run_dir} (hashed sections {sections}); "
+                       "only zoo models of runner.fit runs load this way")
+    section, item = sections[0], None
   model = models.from_config(saved["config"][section], saved["dataset"]["num_classes"])
   ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", results["config_hash"], async_save=False)
   try:
     raw = ckpt.restore_raw()
   finally:
     ckpt.close()
+  if item is not None:
+    raw = raw[item]
   variables = {"params": jax.device_get(raw["params"])}
   if raw.get("batch_stats"):
     variables["batch_stats"] = jax.device_get(raw["batch_stats"])
   if params_digest(variables["params"]) != results["params_sha256"]:
     raise ValueError(f"model: the last checkpoint of {run_dir} is not the run's final parameters "
-                     "(params_sha256 differs from results.json)")
+                     "(the parameter digest differs from results.json)")
   return model, variables, {"section": section, "config": saved["config"], "results": results}
 

@@ -165,6 +165,29 @@ def test_certify_resumes_after_a_kill_and_refuses_bad_input(trained, tmp_path):
   assert not (tmp_path / "bad").exists()  # nothing half-written
 
 
+def test_certify_on_the_first_test_images(trained, tmp_path):
+  """``certify.test_subset``: the draws are those of the whole run, evaluated on the first n
+  test images only, and equal to evaluating them on those images placed directly."""
+  mesh = parallel.make_mesh(1)
+  out = cert.certify(_certify_config(trained, **{"certify.test_subset": 300}), tmp_path / "sub", mesh)
+  model, variables, info = runner.load_trained(trained)
+  host = data.load_arrays("fashion_mnist_mini")
+  first = data.split_to_device(data.ArraySplit(images=host.test.images[:300], labels=host.test.labels[:300],
+                                               ids=host.test.ids[:300]), mesh)
+  evaluate = cert.make_draw_eval(model, mesh, 400, 4)
+  direct = np.concatenate([np.asarray(evaluate(variables, first, jax.random.PRNGKey(0), s, 0.02)) for s in (0, 4, 8)])
+  np.testing.assert_array_equal(np.asarray(out["accuracies"], np.float32), direct[:10])
+  assert out["test_images"] == 300 and json.loads((tmp_path / "sub" / "config.json").read_text())["test_images"] == 300
+  logits = model.apply(variables, jnp.asarray(host.test.images[:300], jnp.float32) / 255.0, train=False)[0]
+  own = float(np.mean(np.asarray(logits).argmax(-1) == host.test.labels[:300]))
+  assert abs(out["model_subset_accuracy"] - own) < 1e-6
+  for n, match in ((2001, "certify.test_subset: expected at most the 2000 test images"),
+                   (-1, "certify.test_subset")):
+    with pytest.raises(ValueError, match=match):
+      cert.certify(_certify_config(trained, **{"certify.test_subset": n}), tmp_path / "bad", mesh)
+  assert not (tmp_path / "bad").exists()
+
+
 def test_projection_keeps_weights_within_eta():
   from jaxprotect.unlearnable import recovery
 

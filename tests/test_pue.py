@@ -156,3 +156,30 @@ def test_pue_reference_variant_has_the_reference_values():
   assert k.pgd.step_size == pytest.approx(0.8 / 255) and k.eps == pytest.approx(8 / 255)
   assert (c.pue.sigma, c.pue.sigma_step, c.pue.draws, c.pue.train_draws) == (0.25, 0.05, 10, 100)
   assert c.surrogate.model == "resnet18"
+
+
+def test_the_crafting_surrogate_is_certified_as_the_reference_certifies_it(host, tmp_path):
+  """``certify.model`` may be a finished craft: its surrogate at the end of crafting (the
+  PUE reference certifies that model), with the digest that crafting recorded."""
+  from jaxprotect import runner  # noqa: PLC0415
+  from jaxprotect.unlearnable import certify as cert  # noqa: PLC0415
+
+  mesh = parallel.make_mesh(1)
+  ds = data.to_device(host, mesh)
+  crafted = crafting.craft(_pue_config(), tmp_path / "pue", mesh, ds)
+  model, variables, info = runner.load_trained(tmp_path / "pue")
+  assert info["section"] == "surrogate" and info["results"]["test_accuracy"] is None
+  assert runner.params_digest(variables["params"]) == crafted["surrogate_params_sha256"]
+  c = cert.certify_config()
+  config_lib.apply_overrides(c, [f"certify.model={tmp_path / 'pue'}", "certify.num_draws=4", "certify.sigma=0.02",
+                                 "certify.batch_size=8", "runtime.progress=false", "runtime.tensorboard=false"])
+  out = cert.certify(c, tmp_path / "cert", mesh, dataset=ds)
+  logits = model.apply(variables, jnp.asarray(host.test.images, jnp.float32) / 255.0, train=False)[0]
+  own = float(np.mean(np.asarray(logits).argmax(-1) == host.test.labels))
+  assert abs(out["model_test_accuracy"] - own) < 1e-6  # measured by certify: crafting never tests it
+  assert len(out["accuracies"]) == 4 and all(0.0 <= a <= 1.0 for a in out["accuracies"])
+  random = _pue_config()
+  random.craft.method = "random"
+  crafting.craft(random, tmp_path / "random", mesh, ds)
+  with pytest.raises(ValueError, match="which trains no surrogate"):
+    runner.load_trained(tmp_path / "random")

@@ -10,7 +10,7 @@ import dataclasses
 
 from jaxprotect.data.augment import AugmentConfig, augment_batch
 from jaxprotect.data.device import (DeviceDataset, DeviceSplit, abstract_split, batch_from, check_split, describe,
-                                   host_value, split_to_device, to_device)
+                                   first_rows, host_value, split_to_device, to_device)
 from jaxprotect.data.sources import ArraySplit, HostDataset, fingerprint, load_arrays
 
 DEFAULT_DATASET = "fashion_mnist_mini"
@@ -51,6 +51,7 @@ def load(name: str = DEFAULT_DATASET, data_dir: str | None = None, mesh=None,
 
 __all__ = [
     "ArraySplit", "AugmentConfig", "DEFAULT_DATASET", "DeviceDataset", "DeviceSplit", "HostDataset",
-    "abstract_split", "augment_batch", "batch_from", "check_split", "describe", "fingerprint", "from_config",
+    "abstract_split", "augment_batch", "batch_from", "check_split", "describe", "fingerprint", "first_rows",
+    "from_config",
     "host_from_config", "host_value", "load", "load_arrays", "split_to_device", "subset", "to_device",
 ]

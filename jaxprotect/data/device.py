@@ -161,6 +161,21 @@ def split_to_device(split: ArraySplit, mesh: Mesh, layout: str = "replicated", n
   return DeviceSplit(**arrays)
 
 
+def first_rows(split: DeviceSplit, n: int, mesh: Mesh) -> DeviceSplit:
+  """The first ``n`` examples of ``split`` (with their perturbation rows where the
+  perturbation is sample-wise), replicated on ``mesh``; computed on device, so every
+  process of a multi-process run may call it (all of them must)."""
+  size = split.size
+  if not 0 < n <= size:
+    raise ValueError(f"n: expected an int in [1, {size}] (the split's examples), got {n!r}")
+
+  def head(s: DeviceSplit) -> DeviceSplit:
+    delta = s.delta[:n] if s.delta is not None and s.delta_mode == "sample" else s.delta
+    return s.replace(images=s.images[:n], labels=s.labels[:n], ids=s.ids[:n], delta=delta)
+
+  return jax.jit(head, out_shardings=parallel.replicated(mesh))(split)
+
+
 # Host copies of the labels and ids that split_to_device placed, keyed by the device array
 # (an entry goes when its array is collected): host_value reads them with no communication
 # even where a split is sharded over processes, e.g. on process 0 alone. Images are not

@@ -240,6 +240,7 @@ def certify_config() -> ml_collections.ConfigDict:
       etas=ETAS,
       chunk=0,  # draws evaluated at once; 0: as many as about 1 GiB of parameter copies allows
       batch_size=500,  # test images per batch
+      test_subset=0,  # >0: evaluate the draws on the first n test images only (0: the whole test split)
       seed=0,
   ))
   c.runtime = config_lib.runtime_config()
@@ -271,9 +272,16 @@ def certify(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh=
   n = checks.check_positive_int(c.num_draws, "certify.num_draws")
   if not c.model:
     raise ValueError("certify.model: set it to a finished training run directory (CLI: --config.certify.model=DIR)")
+  n_test = checks.check_positive_int(c.test_subset, "certify.test_subset", minimum=0)
   model, variables, info = runner.load_trained(c.model)
   mesh = parallel.mesh_from_config(config, mesh)
   ds = dataset or data.from_config(info["config"]["data"], mesh)
+  test = ds.test
+  if n_test:
+    if n_test > ds.test.size:
+      raise ValueError(f"certify.test_subset: expected at most the {ds.test.size} test images of "
+                       f"{ds.name!r}, got {n_test}")
+    test = data.first_rows(ds.test, n_test, mesh)
   chunk = _chunk_size(c.chunk, variables["params"], n)
   evaluate = make_draw_eval(model, mesh, c.batch_size, chunk)
   rep = parallel.replicated(mesh)
@@ -283,14 +291,15 @@ def certify(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh=
   phase = run.Phase(workdir, "certify", config, dataset=ds, total=n, unit="draw", sections=("certify",),
                     hash_extra={"model_params_sha256": info["results"]["params_sha256"]},
                     record={"model": {"dir": str(pathlib.Path(c.model).resolve()), "section": info["section"],
-                                      "test_accuracy": info["results"]["test_accuracy"]}})
+                                      "test_accuracy": info["results"]["test_accuracy"]},
+                            "test_images": test.size})
   with phase:
     state = phase.restore({"accuracies": parallel.put(np.full((chunks * chunk,), np.nan, np.float32), rep),
                            "done": parallel.put(np.int32(0), rep)})
     acc, done = state["accuracies"], int(state["done"])
     phase.start(done * chunk, desc="certify")
     while done < chunks:
-      part = evaluate(variables, ds.test, key, done * chunk, c.sigma)
+      part = evaluate(variables, test, key, done * chunk, c.sigma)
       acc = jax.lax.dynamic_update_slice(acc, part, (done * chunk,))
       done += 1
       phase.log(done * chunk, advance=chunk, mean_accuracy=float(jnp.mean(part)))
@@ -304,6 +313,7 @@ def certify(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh=
   results = {
       "model": str(pathlib.Path(c.model).resolve()),
       "model_test_accuracy": info["results"]["test_accuracy"],
+      "test_images": test.size,
       "num_draws": n, "sigma": c.sigma, "q": c.q, "confidence": c.confidence,
       "etas": [float(e) for e in c.etas],
       "certified": [None if math.isnan(v) else float(v) for v in np.atleast_1d(curve)],
@@ -311,6 +321,9 @@ def certify(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh=
       "mean_accuracy": float(accs.mean()),
       "accuracies": accs.tolist(),
   }
+  if n_test or results["model_test_accuracy"] is None:  # the model itself on the images the draws saw
+    own = float(make_draw_eval(model, mesh, c.batch_size, 1)(variables, test, key, 0, 0.0)[0])
+    results["model_subset_accuracy" if n_test else "model_test_accuracy"] = own
   if phase.main:
     _plot(phase.workdir / "certified.png", results)
   return phase.finish(results)
@@ -328,10 +341,12 @@ def _plot(path: pathlib.Path, results: dict[str, Any]) -> None:
   ax.plot(etas, cert, marker=".", label=f"certified (q={results['q']:g}, {100 * results['confidence']:g}% conf.)")
   for p, v in results["empirical_quantiles"].items():
     ax.axhline(100 * v, ls="--", lw=0.8, alpha=0.6, label=f"empirical {float(p):g}-quantile of the draws")
-  ax.axhline(100 * results["model_test_accuracy"], color="k", lw=0.8, label="model without noise")
+  own = results.get("model_subset_accuracy", results["model_test_accuracy"])
+  ax.axhline(100 * own, color="k", lw=0.8, label="model without noise")
   ax.set_xlabel("eta (L2 radius of the weight perturbation)")
   ax.set_ylabel("clean test accuracy (%)")
-  ax.set_title(f"N={results['num_draws']}, sigma={results['sigma']:g}", fontsize=8)
+  ax.set_title(f"N={results['num_draws']}, sigma={results['sigma']:g}, {results['test_images']} test images",
+               fontsize=8)
   ax.legend(fontsize=6)
   ax.grid(alpha=0.3)
   fig.tight_layout()

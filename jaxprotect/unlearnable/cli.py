@@ -94,7 +94,11 @@ def cmd_certify(argv: Sequence[str]) -> int:
   from jaxprotect.unlearnable import certify
 
   results = certify.certify(fv.config, fv.workdir)
-  print(f"model {results['model']}: test accuracy {100 * results['model_test_accuracy']:.2f}%, "
+  subset = (f" ({100 * results['model_subset_accuracy']:.2f}% on the {results['test_images']} test images of the "
+            f"draws)" if "model_subset_accuracy" in results else "")
+  whole = results["model_test_accuracy"]
+  whole = "not measured on the whole split" if whole is None else f"{100 * whole:.2f}%"
+  print(f"model {results['model']}: test accuracy {whole}{subset}, "
         f"{results['num_draws']} draws with sigma {results['sigma']:g}: mean {100 * results['mean_accuracy']:.2f}%")
   print(f"certified (q={results['q']:g}, eta)-learnability at {100 * results['confidence']:g}% confidence:")
   for eta, value in zip(results["etas"], results["certified"]):
