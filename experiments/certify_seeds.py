@@ -160,6 +160,8 @@ def render(table: dict[str, Any], args: argparse.Namespace) -> str:
     cells = [_pm(row["model_accuracy"]), _pm(row["mean_draw_accuracy"])]
     cells += [_pm(row["certified"][str(e)]) for e in etas]
     lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+  if not table["welch"]:  # no clean row to compare with (e.g. --victim surrogate)
+    return "\n".join(lines) + "\n"
   lines += ["", f"Welch {100 * CONFIDENCE:g}% interval of the certified value, poison minus clean (points):", "",
             "| poison | " + " | ".join(f"eta={e:g}" for e in etas) + " |", "|---|" + "---|" * len(etas)]
   for method, per_eta in table["welch"].items():
