@@ -181,6 +181,11 @@ def test_certify_on_the_first_test_images(trained, tmp_path):
   logits = model.apply(variables, jnp.asarray(host.test.images[:300], jnp.float32) / 255.0, train=False)[0]
   own = float(np.mean(np.asarray(logits).argmax(-1) == host.test.labels[:300]))
   assert abs(out["model_subset_accuracy"] - own) < 1e-6
+  assert not any("chance level" in w for w in out["warnings"])
+  noisy = cert.certify(_certify_config(trained, **{"certify.test_subset": 300, "certify.sigma": 10.0}),
+                       tmp_path / "noisy", mesh)
+  assert out["model_subset_accuracy"] > 0.2 and noisy["mean_accuracy"] < 0.15
+  assert any("at chance level" in w and "sigma 10 is too large" in w for w in noisy["warnings"])
   for n, match in ((2001, "certify.test_subset: expected at most the 2000 test images"),
                    (-1, "certify.test_subset")):
     with pytest.raises(ValueError, match=match):

@@ -308,8 +308,7 @@ def certify(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh=
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     curve = certify_learnability(accs, c.q, np.asarray(c.etas), c.sigma, c.confidence)
-  for w in caught:
-    print(f"jaxprotect certify: {w.message}")
+  notes = [str(w.message) for w in caught]
   results = {
       "model": str(pathlib.Path(c.model).resolve()),
       "model_test_accuracy": info["results"]["test_accuracy"],
@@ -324,6 +323,16 @@ def certify(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh=
   if n_test or results["model_test_accuracy"] is None:  # the model itself on the images the draws saw
     own = float(make_draw_eval(model, mesh, c.batch_size, 1)(variables, test, key, 0, 0.0)[0])
     results["model_subset_accuracy" if n_test else "model_test_accuracy"] = own
+  own = results.get("model_subset_accuracy", results["model_test_accuracy"])
+  chance = 1.0 / ds.num_classes
+  if own > 2 * chance and results["mean_accuracy"] < 1.5 * chance:
+    notes.append(f"the weight draws are at chance level (mean accuracy {100 * results['mean_accuracy']:.2f}% "
+                 f"against the model's {100 * own:.2f}%, chance {100 * chance:.2f}%): sigma {c.sigma:g} is too large "
+                 "for this model, so the certificate measures the noise, not the training set; probe smaller "
+                 "values first (a few draws each: --config.certify.num_draws=20 --config.certify.sigma=S)")
+  results["warnings"] = notes
+  for note in notes:
+    print(f"jaxprotect certify: {note}")
   if phase.main:
     _plot(phase.workdir / "certified.png", results)
   return phase.finish(results)
