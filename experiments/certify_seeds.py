@@ -40,7 +40,8 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("clean", "em_sample", "em_class", "mi_ue", "random")
 LABELS = {"clean": "clean", "em_sample": "EM sample-wise", "em_class": "EM class-wise", "mi_ue": "MI-UE",
-          "random": "uniform random (control)", "pue": "PUE", "pue_class": "PUE class-wise"}
+          "random": "uniform random (control)", "pue": "PUE", "pue_class": "PUE class-wise",
+          "mi_ue_fixed": "MI-UE, fixed batch order"}
 CONFIDENCE = 0.95
 
 
