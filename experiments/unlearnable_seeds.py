@@ -4,7 +4,7 @@ methods compared by Welch intervals over the seeds rather than by single runs.
 
   python experiments/unlearnable_seeds.py --variant fashion_mnist_mini --workdir runs/ue_seeds \\
       [--seeds 0,1,2] [--methods em_sample,em_class,mi_ue,mi_ue_fixed,random] [--eps 0.3] \\
-      [--depth-victims mlp,resnet18:width=8] [--config.<section>.<field>=<value> ...]
+      [--depth-victims mlp,resnet18:width=8] [--records DIR] [--config.<section>.<field>=<value> ...]
 
 Methods (``METHODS``): ``em_sample`` (experiments/em.py, sample-wise), ``em_sample_ref``
 (em.py's ``,reference`` recipe), ``em_class`` (em.py ``,classwise``), ``mi_ue``
@@ -24,7 +24,10 @@ every run after that (they may set the step sizes themselves) and before the see
 clean victims; they run after every run of the main victim.
 
 Every craft and victim is a resumable run directory under ``--workdir``; a run whose record
-(``records/*.json``, keyed by the hash of its config) exists is not run again. ``table.md``
+(``records/*.json``, keyed by the hash of its config) exists is not run again. ``--records DIR``
+keeps the records elsewhere, e.g. under version control: they outlive the run directories, so a
+table too long for one machine's session grows over several (``run_one``), and the full-set
+table's records are in docs/results/records/ue_seeds_full. ``table.md``
 and ``table.json`` are rewritten after every run, so a partial table can be read while the
 rest runs. Per victim architecture and method: victim accuracy mean +- std over seeds, the
 Welch 95% interval of the difference of means to the clean victims and to ``em_sample``
@@ -154,8 +157,8 @@ def build_table(runs: Sequence[dict[str, Any]], methods: Sequence[str], baseline
       base = sorted((r for r in vr if r["method"] == baseline), key=lambda r: r["seed"])
       if m != baseline and base:
         row["vs_baseline"] = _welch(acc, [r["accuracy"] for r in base])
-      row["feature_mi"] = {e: _summary([r["feature_mi"][e] for r in mr])
-                           for e in ESTIMATORS if all(r.get("feature_mi", {}).get(e) is not None for r in mr)}
+      mi_of = {e: [r["feature_mi"][e] for r in mr if r.get("feature_mi", {}).get(e) is not None] for e in ESTIMATORS}
+      row["feature_mi"] = {e: _summary(v) for e, v in mi_of.items() if v}  # over the seeds that have it
       rows[m] = row
     acc_of = {m: [r["accuracy"] for r in sorted((r for r in vr if r["method"] == m), key=lambda r: r["seed"])]
               for m in methods}
@@ -202,6 +205,14 @@ def _mean_std(s: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> 
   return f"{scale * s['mean']:.{digits}f}{std}"
 
 
+def _mi(s: dict[str, Any] | None, acc: dict[str, Any], digits: int) -> str:
+  """Feature MI mean +- std, with the number of seeds where not every seed has it."""
+  if s is None:
+    return ""
+  n, total = len(s["values"]), len(acc["values"])
+  return _mean_std(s, digits=digits) + (f" ({n} of {total} seeds)" if n < total else "")
+
+
 def render_table(table: dict[str, Any], labels: dict[str, str] | None = None) -> str:
   """Markdown of ``build_table``'s result: one table per victim architecture."""
   labels = labels or {m: spec[2] for m, spec in METHODS.items()}
@@ -221,7 +232,7 @@ def render_table(table: dict[str, Any], labels: dict[str, str] | None = None) ->
       mi = row["feature_mi"]
       lines.append(f"| {labels.get(m, m)} | {_mean_std(a, 100)} | {' / '.join(_pct(x) for x in a['values'])} | "
                    f"{_interval(row['vs_clean'])} | {_interval(row.get('vs_baseline'))} | "
-                   f"{_mean_std(mi.get('gaussian'), digits=1)} | {_mean_std(mi.get('ksg'))} |")
+                   f"{_mi(mi.get('gaussian'), a, 1)} | {_mi(mi.get('ksg'), a, 2)} |")
     lines.append("")
     for name, w in v.get("pairs", {}).items():
       a, b = name.split(" - ")
@@ -243,24 +254,31 @@ def render_table(table: dict[str, Any], labels: dict[str, str] | None = None) ->
 # Running
 # ---------------------------------------------------------------------------------------
 
-def _cached(path: pathlib.Path, key: str, fn) -> dict[str, Any]:
-  """``fn()``'s record, stored at ``path`` under ``key``; a stored record of the same key is
-  returned without running ``fn``."""
+def _stored(path: pathlib.Path, key: str) -> dict[str, Any] | None:
+  """The record stored at ``path`` under ``key``, or None."""
   if path.exists():
     stored = json.loads(path.read_text())
     if stored.get("key") == key:
       return stored["record"]
-  record = fn()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps({"key": key, "record": record}, indent=2))
+  return None
+
+
+def _store(path: pathlib.Path, key: str, record: dict[str, Any]) -> dict[str, Any]:
+  from jaxprotect import config as config_lib, parallel
+
+  if parallel.is_main_process():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config_lib.write_json_atomic(path, {"key": key, "record": record})
   return record
 
 
-def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c) -> dict[str, Any]:
-  """Crafts (or restores) the poison of ``method`` at crafting seed ``seed`` and evaluates
-  victim ``victim`` (a label) on it, with config ``c``; returns the run's row."""
+def record_keys(work: pathlib.Path, method: str, seed: int, victim: str, c,
+                records: pathlib.Path | None = None) -> dict[str, Any]:
+  """Points ``c`` at the run's poison and clean victim (``evaluate.poison``, ``evaluate.clean``,
+  ``evaluate.clean_workdir``) and returns the run's directories and its record (path, key)
+  pairs: ``craft``, ``eval`` and ``clean`` (whose key is ``recipe``)."""
   from jaxprotect import config as config_lib
-  from jaxprotect.unlearnable import craft, crafting, victims
+  from jaxprotect.unlearnable import crafting, victims
 
   craft_dir = work / method / f"seed{seed}"
   c.evaluate.poison = str(craft_dir)
@@ -268,27 +286,54 @@ def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c) -> dict[
   recipe = config_lib.phase_hash(c, victims.VICTIM_SECTIONS)
   clean_dir = work / "clean" / f"{victim}-seed{seed}-{recipe[:10]}"
   c.evaluate.clean_workdir = str(clean_dir)
+  rec = records if records is not None else work / "records"
+  craft_key = crafting.crafting_hash(c)
+  return {"craft_dir": craft_dir, "clean_dir": clean_dir, "recipe": recipe,
+          "craft": (rec / f"{method}-seed{seed}-craft.json", craft_key),
+          "eval": (rec / f"{method}-seed{seed}-{victim}.json",
+                   config_lib.phase_hash(c, ("data", "victim", "evaluate"), crafting=craft_key)),
+          "clean": rec / f"clean-{victim}-seed{seed}-{recipe[:10]}.json"}
 
-  def do_craft():
+
+def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c,
+            records: pathlib.Path | None = None) -> dict[str, Any]:
+  """Crafts (or restores) the poison of ``method`` at crafting seed ``seed`` and evaluates
+  victim ``victim`` (a label) on it, with config ``c``; returns the run's row.
+
+  Records (``records``, default ``work/records``) outlive the run directories: a victim whose
+  record exists is not trained again, and its poison is not needed; a victim without one
+  crafts its poison first (again, deterministically, where the craft's directory is gone).
+  The clean victim of a seed and recipe has its own record: where it exists and the clean
+  run directory does not, the poisoned victim trains alone, taking the clean accuracy from
+  the record (its row then has no ``clean_feature_mi``)."""
+  from jaxprotect.unlearnable import craft, victims
+
+  k = record_keys(work, method, seed, victim, c, records)
+  craft_dir, clean_dir, recipe = k["craft_dir"], k["clean_dir"], k["recipe"]
+  (craft_path, craft_key), (eval_path, eval_key), clean_path = k["craft"], k["eval"], k["clean"]
+  crafted, evaluated = _stored(craft_path, craft_key), _stored(eval_path, eval_key)
+  if crafted is None or evaluated is None:
     t = time.time()
-    r = craft(c, craft_dir)
-    return {"iterations": r["iterations"], "stopped_early": r["stopped_early"],
-            "surrogate_perturbed_acc": r["perturbed_train_accuracy"], "surrogate_clean_acc": r["clean_train_accuracy"],
-            "seconds": round(time.time() - t)}
-
-  def do_eval():
+    r = craft(c, craft_dir)  # a finished craft is restored, not crafted again
+    fresh = {"iterations": r["iterations"], "stopped_early": r["stopped_early"],
+             "surrogate_perturbed_acc": r["perturbed_train_accuracy"],
+             "surrogate_clean_acc": r["clean_train_accuracy"], "seconds": round(time.time() - t)}
+    crafted = crafted or _store(craft_path, craft_key, fresh)
+  if evaluated is None:
+    clean_known = _stored(clean_path, recipe)
+    if clean_known is not None and not (clean_dir / "results.json").exists():
+      c.evaluate.clean = False
     t = time.time()
     ev = victims.evaluate(c, work / method / f"seed{seed}-{victim}")
     mi = ev.get("feature_mi", {})
-    return {"accuracy": ev["test_accuracy"]["poisoned"], "clean_accuracy": ev["test_accuracy"]["clean"],
-            "feature_mi": {e: mi.get("poisoned", {}).get(e) for e in ESTIMATORS},
-            "clean_feature_mi": {e: mi.get("clean", {}).get(e) for e in ESTIMATORS},
-            "victim_config": ev["victim"], "seconds": round(time.time() - t)}
-
-  rec = work / "records"
-  crafted = _cached(rec / f"{method}-seed{seed}-craft.json", crafting.crafting_hash(c), do_craft)
-  key = config_lib.phase_hash(c, ("data", "victim", "evaluate"), crafting=crafting.crafting_hash(c))
-  evaluated = _cached(rec / f"{method}-seed{seed}-{victim}.json", key, do_eval)
+    acc = ev["test_accuracy"]
+    if "clean" in acc:
+      clean_known = clean_known or _store(clean_path, recipe, {"accuracy": acc["clean"]})
+    evaluated = _store(eval_path, eval_key, {
+        "accuracy": acc["poisoned"], "clean_accuracy": acc.get("clean", clean_known["accuracy"]),
+        "feature_mi": {e: mi.get("poisoned", {}).get(e) for e in ESTIMATORS},
+        "clean_feature_mi": {e: mi.get("clean", {}).get(e) for e in ESTIMATORS},
+        "victim_config": ev["victim"], "seconds": round(time.time() - t)})
   return {"method": method, "seed": seed, "victim": victim, "clean_dir": str(clean_dir), "craft": crafted,
           **evaluated}
 
@@ -304,6 +349,8 @@ def main(argv=None) -> int:
   p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list of {', '.join(METHODS)}")
   p.add_argument("--eps", type=float, default=None, help="radius; scales the step sizes (default: each method's)")
   p.add_argument("--depth-victims", default="", help="comma list of model[:key=value...] victims on the same poisons")
+  p.add_argument("--records", default=None,
+                 help="directory of the run records (default WORKDIR/records); records outlive the run directories")
   args = p.parse_args(argv)
   if spec is not None:
     p.error("--config: the configs are experiments/em.py and mi_ue.py at --variant; "
@@ -323,6 +370,7 @@ def main(argv=None) -> int:
   parallel.enable_compilation_cache()
   parallel.maybe_initialize_distributed()
   work = pathlib.Path(args.workdir)
+  records = pathlib.Path(args.records) if args.records else None
   t0 = time.time()
   try:
     main_label = method_config(methods[0], args.variant, overrides, eps=args.eps).victim.model
@@ -332,7 +380,7 @@ def main(argv=None) -> int:
       for seed in seeds:
         for m in methods:
           c = method_config(m, args.variant, overrides, seed, args.eps, victim_overrides)
-          r = run_one(work, m, seed, label, c)
+          r = run_one(work, m, seed, label, c, records)
           runs.append(r)
           print(f"[{time.time() - t0:6.0f}s] {m} seed {seed} victim {label}: {100 * r['accuracy']:.2f}% "
                 f"(clean {100 * r['clean_accuracy']:.2f}%), craft {r['craft']['seconds']}s "
@@ -351,9 +399,10 @@ def write_outputs(work: pathlib.Path, args, overrides, methods, seeds, runs, sec
   if not parallel.is_main_process():
     return
   table = build_table(runs, methods)
+  work.mkdir(parents=True, exist_ok=True)
   extra = " ".join(f"--config.{o}" for o in overrides) or "-"
-  craft_s = sum({(r["method"], r["seed"]): r["craft"]["seconds"] for r in runs}.values())
-  victim_s = sum(r["seconds"] for r in runs)
+  craft_s = sum({(r["method"], r["seed"]): r["craft"]["seconds"] or 0 for r in runs}.values())
+  victim_s = sum(r["seconds"] or 0 for r in runs)  # None: a restored record without its time
   head = (f"variant `{args.variant}`, methods {', '.join(methods)}, crafting seeds {seeds} (victim seed = crafting "
           f"seed), eps {args.eps if args.eps is not None else 'per method'}, extra arguments `{extra}`; "
           f"{len(runs)} runs: crafting {craft_s / 60:.1f} min and victims {victim_s / 60:.1f} min as recorded, "

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import shutil
 
 import pytest
 
@@ -145,3 +146,34 @@ def test_tiny_run_and_resume(seeds_mod, tmp_path, capsys):
   assert seeds_mod.main(args) == 0
   assert {p.name: p.read_text() for p in (tmp_path / "records").iterdir()} == records
   assert json.loads((tmp_path / "table.json").read_text())["table"] == out["table"]
+
+
+def test_records_outlive_the_run_directories(seeds_mod, tmp_path, capsys):
+  """Records kept apart (--records) with every run directory gone: a recorded victim is not
+  trained again; an unrecorded one re-crafts its poison and trains alone, taking the clean
+  accuracy from the clean victim's record, and gets the accuracy it got the first time."""
+  work, records = tmp_path / "work", tmp_path / "records"
+  args = ["--workdir", str(work), "--records", str(records), "--seeds", "0,1", "--methods", "random",
+          "--eps", "0.3", "--config.data.train_subset=256", "--config.victim.model=mlp",
+          "--config.victim.model_kwargs.width=16", "--config.victim.epochs=1", "--config.victim.batch_size=64",
+          "--config.evaluate.feature_mi_examples=64", "--config.runtime.progress=false",
+          "--config.export.preview=false"]
+  assert seeds_mod.main(args) == 0
+  first = json.loads((work / "table.json").read_text())
+  stored = {p.name: p.read_text() for p in records.iterdir()}
+  clean_names = [f"clean-{pathlib.Path(r['clean_dir']).name}.json" for r in first["runs"]]  # clean-mlp-seed<s>-<recipe>
+  assert sorted(stored) == sorted([*clean_names, "random-seed0-craft.json", "random-seed0-mlp.json",
+                                   "random-seed1-craft.json", "random-seed1-mlp.json"])
+  shutil.rmtree(work)
+  assert seeds_mod.main(args) == 0  # nothing to train: no run directory comes back
+  assert not (work / "random").exists() and not (work / "clean").exists()
+  assert json.loads((work / "table.json").read_text())["table"] == first["table"]
+  (records / "random-seed1-mlp.json").unlink()
+  shutil.rmtree(work)
+  assert seeds_mod.main(args) == 0
+  assert (work / "random" / "seed1-mlp" / "poisoned").is_dir() and not (work / "clean").exists()
+  again = json.loads((records / "random-seed1-mlp.json").read_text())["record"]
+  before = json.loads(stored["random-seed1-mlp.json"])["record"]
+  assert again["accuracy"] == before["accuracy"] and again["clean_accuracy"] == before["clean_accuracy"]
+  assert again["feature_mi"] == before["feature_mi"] and again["clean_feature_mi"]["gaussian"] is None
+  assert json.loads((work / "table.json").read_text())["table"] == first["table"]
