@@ -5,7 +5,7 @@ architecture) certified by ``jaxprotect certify``, then compared over the seeds.
   python experiments/certify_seeds.py --source runs/ue_seeds --workdir runs/certify_seeds \\
       [--methods clean,em_sample,em_class,mi_ue,random] [--seeds 0,1,2] [--victim small_cnn] \\
       [--num-draws 450] [--sigma 0.05] [--q 0.9] [--confidence 0.99] [--etas 0.001,0.005,0.01,0.05] \\
-      [--test-subset 0]
+      [--test-subset 0] [--records DIR] [--skip-missing]
 
 Victims: ``<source>/clean/<victim>-seed<k>-*`` (the clean row) and
 ``<source>/<method>/seed<k>-<victim>/poisoned``; with ``--victim surrogate``, the crafts
@@ -18,7 +18,9 @@ model the PUE reference's certify.sh certifies; no clean or random row). Each is
       --config.certify.confidence=C --config.certify.test_subset=T --workdir <workdir>/<method>/seed<k>
 
 (the reference eta list, ``certify.ETAS``); a directory whose ``results.json`` exists is not
-run again. ``table.md`` and ``table.json`` in ``--workdir`` then give, per method, the
+run again. ``--records DIR`` keeps every result in DIR as well, and reads it from there first, so
+the results outlive the victims' run directories; ``--skip-missing`` leaves out a seed and method
+that has neither (``sweep``). ``table.md`` and ``table.json`` in ``--workdir`` then give, per method, the
 victim's test accuracy, the mean accuracy of its weight draws and the certified value at
 each of ``--etas`` (mean +- std over seeds; "abstain" where the certificate abstains), and
 the Welch 95% interval (``stats.welch``) of each poison's certified value minus the clean
@@ -28,6 +30,7 @@ victims' at those etas.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import pathlib
@@ -63,16 +66,60 @@ def victim_dir(source: pathlib.Path, method: str, seed: int, victim: str) -> pat
   return source / method / f"seed{seed}-{victim}" / "poisoned"
 
 
+def settings_key(settings: dict[str, Any]) -> str:
+  """The key under which ``sweep`` keeps a result made with ``settings`` (JSON-able)."""
+  return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def sweep(args: argparse.Namespace, methods: Sequence[str], seeds: Sequence[int],
-          one: Callable[[pathlib.Path, pathlib.Path], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+          one: Callable[[pathlib.Path, pathlib.Path], dict[str, Any]],
+          settings: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
   """``one(victim run dir, workdir)`` for every seed and method of ``args.source`` (seed-major:
-  an interrupted sweep leaves whole seeds); the results per method, in seed order."""
+  an interrupted sweep leaves whole seeds); the results per method, in seed order, methods
+  without any result left out.
+
+  With ``args.records`` (a directory), every result is also kept as
+  ``<records>/<method>/seed<k>.json`` under the key of ``settings`` (what the result depends
+  on besides the victim) and read from there before anything runs, so results outlive the
+  victims' run directories (e.g. kept under version control while the runs are not). With
+  ``args.skip_missing``, a seed and method that has neither a record nor a victim is left out
+  with a line saying so, instead of failing."""
+  records, skip = getattr(args, "records", None), getattr(args, "skip_missing", False)
+  key = settings_key(settings or {})
   results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
   for seed in seeds:
     for method in methods:
-      results[method].append(one(victim_dir(args.source, method, seed, args.victim),
-                                 args.workdir / method / f"seed{seed}"))
-  return results
+      rec = pathlib.Path(records) / method / f"seed{seed}.json" if records else None
+      if rec is not None and rec.exists():
+        stored = json.loads(rec.read_text())
+        if stored.get("key") == key:
+          results[method].append(stored["record"])
+          continue
+      try:
+        model = victim_dir(args.source, method, seed, args.victim)
+        if not model.is_dir():
+          raise FileNotFoundError(f"no run directory {model}")
+      except FileNotFoundError as e:
+        if not skip:
+          raise
+        print(f"skipped {method} seed {seed}: {e}", flush=True)
+        continue
+      result = one(model, args.workdir / method / f"seed{seed}")
+      if rec is not None:
+        rec.parent.mkdir(parents=True, exist_ok=True)
+        tmp = rec.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "settings": settings, "record": result}))
+        tmp.replace(rec)
+      results[method].append(result)
+  return {m: r for m, r in results.items() if r}
+
+
+def add_record_args(p: argparse.ArgumentParser) -> None:
+  """``--records`` and ``--skip-missing`` of ``sweep``."""
+  p.add_argument("--records", type=pathlib.Path, default=None,
+                 help="keep every result here too, and read it from here first (outlives the run directories)")
+  p.add_argument("--skip-missing", action="store_true",
+                 help="leave out a seed and method with neither a record nor a victim directory")
 
 
 def write_table(workdir: pathlib.Path, table: dict[str, Any], render_fn: Callable[[dict[str, Any]], str]) -> None:
@@ -193,11 +240,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--etas", default="0.001,0.005,0.01,0.05", help="the etas of the table (among certify.ETAS)")
   p.add_argument("--test-subset", type=int, default=0,
                  help="evaluate the draws on the first n test images (certify.test_subset; 0: all)")
+  add_record_args(p)
   args = p.parse_args(argv)
   methods = [m for m in args.methods.split(",") if m]
   seeds = [int(s) for s in args.seeds.split(",") if s]
   etas = [float(e) for e in args.etas.split(",") if e]
-  results = sweep(args, methods, seeds, lambda model, workdir: certify_one(model, workdir, args))
+  settings = {"source": str(args.source), "victim": args.victim, "num_draws": args.num_draws, "sigma": args.sigma,
+              "q": args.q, "confidence": args.confidence, "test_subset": args.test_subset}
+  results = sweep(args, methods, seeds, lambda model, workdir: certify_one(model, workdir, args), settings)
   write_table(args.workdir, build_table(results, etas), lambda table: render(table, args))
   return 0
 

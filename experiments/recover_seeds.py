@@ -4,7 +4,7 @@ architecture) attacked by ``jaxprotect recover``, then compared over the seeds.
 
   python experiments/recover_seeds.py --source runs/ue_seeds --workdir runs/recover_seeds \\
       [--methods clean,em_sample,em_class,mi_ue,random,pue] [--seeds 0,1,2] [--victim small_cnn] \\
-      [--variant quick] [--attacks finetune] [--config.recover.<field>=<value> ...]
+      [--variant quick] [--attacks finetune] [--records DIR] [--skip-missing] [--config.recover.<field>=<value> ...]
 
 Victims as in experiments/certify_seeds.py. Each is attacked into
 ``<workdir>/<method>/seed<k>`` by
@@ -12,7 +12,8 @@ Victims as in experiments/certify_seeds.py. Each is attacked into
   jaxprotect recover --config experiments/recover.py:<variant> --config.recover.model=VICTIM
       --config.recover.attacks=<attacks> [overrides] --workdir <workdir>/<method>/seed<k>
 
-(a directory whose ``results.json`` exists is not run again). ``table.md`` and
+(a directory whose ``results.json`` exists is not run again; ``--records`` and
+``--skip-missing`` as in certify_seeds.py). ``table.md`` and
 ``table.json`` in ``--workdir`` then give, per method and attack, the report-set accuracy
 before the attack and after it at each eta (mean +- std over seeds), and the Welch 95%
 interval (``stats.welch``) of each method's gain (after minus before) minus the gain on
@@ -30,7 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from certify_seeds import LABELS, REPO, sweep, write_table
+from certify_seeds import LABELS, REPO, add_record_args, sweep, write_table
 
 METHODS = ("clean", "em_sample", "em_class", "mi_ue", "random", "pue")
 CONFIDENCE = 0.95
@@ -109,11 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--variant", default="quick", help="of experiments/recover.py")
   p.add_argument("--attacks", default="finetune", help="comma list of finetune, random_search")
   p.add_argument("--baseline", default="em_sample", help="the method whose gain the others are compared with")
+  add_record_args(p)
   args = p.parse_args(argv)
   args.attacks = [a for a in args.attacks.split(",") if a]
   methods = [m for m in args.methods.split(",") if m]
   seeds = [int(s) for s in args.seeds.split(",") if s]
-  results = sweep(args, methods, seeds, lambda model, workdir: recover_one(model, workdir, args, overrides))
+  settings = {"source": str(args.source), "victim": args.victim, "variant": args.variant, "attacks": args.attacks,
+              "overrides": list(overrides)}
+  results = sweep(args, methods, seeds, lambda model, workdir: recover_one(model, workdir, args, overrides),
+                  settings)
   write_table(args.workdir, build_table(results, args.baseline), lambda table: render(table, args))
   return 0
 

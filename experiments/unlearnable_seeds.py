@@ -21,7 +21,7 @@ keeping each method's ratio of step size to radius; ``--config.*`` overrides are
 every run after that (they may set the step sizes themselves) and before the seeds.
 ``--depth-victims``: victims of other architectures trained on the same poisons
 (``model[:key=value...]``, the keys going to ``victim.model_kwargs``), each with its own
-clean victims; they run after every run of the main victim.
+clean victims; each craft's victims train right after it (seed by seed, method by method).
 
 Every craft and victim is a resumable run directory under ``--workdir``; a run whose record
 (``records/*.json``, keyed by the hash of its config) exists is not run again. ``--records DIR``
@@ -376,9 +376,9 @@ def main(argv=None) -> int:
     main_label = method_config(methods[0], args.variant, overrides, eps=args.eps).victim.model
     victim_list = [(main_label, []), *depth]
     runs = []
-    for label, victim_overrides in victim_list:
-      for seed in seeds:
-        for m in methods:
+    for seed in seeds:  # every victim of a craft right after it: a craft's directory is needed only then
+      for m in methods:
+        for label, victim_overrides in victim_list:
           c = method_config(m, args.variant, overrides, seed, args.eps, victim_overrides)
           r = run_one(work, m, seed, label, c, records)
           runs.append(r)

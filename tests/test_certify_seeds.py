@@ -1,0 +1,80 @@
+"""experiments/certify_seeds.py (whose sweep recover_seeds.py shares): results kept in
+a records directory outlive the victims' run directories, a missing victim is skipped only when
+asked, and the table's intervals are stats.welch's."""
+
+import argparse
+import importlib.util
+import json
+import pathlib
+import shutil
+
+import pytest
+
+from jaxprotect import stats
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cs():
+  spec = importlib.util.spec_from_file_location("certify_seeds", REPO / "experiments" / "certify_seeds.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def _source(root: pathlib.Path) -> pathlib.Path:
+  """A workdir of unlearnable_seeds.py with the clean and EM victims of seed 0 and the EM victim of seed 1."""
+  src = root / "source"
+  (src / "clean" / "small_cnn-seed0-0123456789").mkdir(parents=True)
+  for seed in (0, 1):
+    (src / "em_sample" / f"seed{seed}-small_cnn" / "poisoned").mkdir(parents=True)
+  return src
+
+
+def test_records_outlive_the_victims(cs, tmp_path, capsys):
+  src = _source(tmp_path)
+  calls = []
+
+  def one(model, workdir):
+    calls.append((str(model.relative_to(src)), workdir.name))
+    return {"model": str(model.relative_to(src))}
+
+  args = argparse.Namespace(source=src, workdir=tmp_path / "work", victim="small_cnn", records=tmp_path / "rec",
+                            skip_missing=False)
+  with pytest.raises(FileNotFoundError, match="clean victim small_cnn-seed1"):
+    cs.sweep(args, ["em_sample", "clean"], [0, 1], one, {"sigma": 0.05})
+  assert len(calls) == 3  # seed-major: seed 0's two victims and em_sample seed 1 ran, each result kept
+  args.skip_missing = True
+  calls.clear()
+  got = cs.sweep(args, ["em_sample", "clean", "mi_ue"], [0, 1], one, {"sigma": 0.05})
+  assert "skipped clean seed 1" in capsys.readouterr().out
+  assert got == {"em_sample": [{"model": "em_sample/seed0-small_cnn/poisoned"},
+                               {"model": "em_sample/seed1-small_cnn/poisoned"}],
+                 "clean": [{"model": "clean/small_cnn-seed0-0123456789"}]}  # mi_ue: nothing at all
+  assert calls == []  # every result that exists was kept by the failed sweep
+  stored = json.loads((tmp_path / "rec" / "em_sample" / "seed1.json").read_text())
+  assert stored["key"] == cs.settings_key({"sigma": 0.05}) and stored["record"] == got["em_sample"][1]
+  shutil.rmtree(src)
+  calls.clear()
+  assert cs.sweep(args, ["em_sample", "clean", "mi_ue"], [0, 1], one, {"sigma": 0.05}) == got
+  assert calls == []
+  # Other settings: the records do not apply, and with the victims gone nothing is left.
+  assert cs.sweep(args, ["em_sample", "clean"], [0, 1], one, {"sigma": 0.1}) == {}
+
+
+def test_table_intervals_are_welch(cs):
+  etas = [0.01, 0.05]
+
+  def result(cert, model):
+    return {"etas": etas, "certified": cert, "model_test_accuracy": model, "mean_accuracy": model - 0.02}
+
+  results = {"clean": [result([0.80, 0.78], 0.85), result([0.82, 0.80], 0.86), result([0.79, 0.77], 0.84)],
+             "em_sample": [result([0.50, None], 0.55), result([0.60, 0.58], 0.62)]}
+  table = cs.build_table(results, etas)
+  w = stats.welch([0.50, 0.60], [0.80, 0.82, 0.79], cs.CONFIDENCE)
+  got = table["welch"]["em_sample"]["0.01"]
+  assert (got["diff"], got["low"], got["high"]) == pytest.approx((w["diff"], w["low"], w["high"]))
+  assert got["verdict"] == stats.compare([0.50, 0.60], [0.80, 0.82, 0.79], cs.CONFIDENCE)
+  assert table["rows"]["em_sample"]["certified"]["0.05"] is None  # an abstention (None) -> no summary
+  assert table["rows"]["clean"]["certified"]["0.01"]["mean"] == pytest.approx((0.80 + 0.82 + 0.79) / 3)
