@@ -26,6 +26,18 @@ SHARED = REPO.parent / "shared"
 FMNIST_DIR = SHARED / "data" / "fashion-mnist"
 
 
+def load_script(relpath: str):
+  """The module of a script of the repository that is not installed (``experiments/``,
+  ``scripts/``), e.g. ``load_script("experiments/certify_seeds.py")``."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  path = REPO / relpath
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 @pytest.fixture(scope="session")
 def fmnist_dir() -> pathlib.Path:
   if not (FMNIST_DIR / "SHA256SUMS").exists():

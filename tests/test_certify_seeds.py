@@ -3,24 +3,19 @@ a records directory outlive the victims' run directories, a missing victim is sk
 asked, and the table's intervals are stats.welch's."""
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import shutil
 
 import pytest
 
+from conftest import load_script
 from jaxprotect import stats
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def cs():
-  spec = importlib.util.spec_from_file_location("certify_seeds", REPO / "experiments" / "certify_seeds.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return load_script("experiments/certify_seeds.py")
 
 
 def _source(root: pathlib.Path) -> pathlib.Path:

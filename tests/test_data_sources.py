@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import load_script
 from jaxprotect.data import idx as idx_lib
 from jaxprotect.data import sources
 
@@ -438,11 +439,7 @@ def test_embedded_checksum_enforced(tmp_path):
 
 @pytest.mark.slow
 def test_embedded_script_is_deterministic(fmnist_dir, tmp_path):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  script = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "make_embedded_fmnist.py"
-  spec = importlib.util.spec_from_file_location("make_embedded_fmnist", script)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = load_script("scripts/make_embedded_fmnist.py")
   assert module.main(["--src", str(fmnist_dir), "--out", str(tmp_path)]) == 0
   committed = sorted(p.name for p in sources.EMBEDDED_DIR.iterdir() if p.is_file())
   assert sorted(p.name for p in tmp_path.iterdir()) == committed

@@ -1,7 +1,6 @@
 """Unlearnable examples: PGD bounds, crafting on 8 devices = 1 device, kill-and-resume,
 poison files (checked loading, exports), and the effect of EM noise on real data."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -11,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import killed_and_whole_crafts, synthetic_host
+from conftest import killed_and_whole_crafts, load_script, synthetic_host
 from jaxprotect import config as config_lib, data, models, parallel, unlearnable
 from jaxprotect.cli import main as cli_main
 from jaxprotect.data.augment import AugmentConfig, augment_batch
@@ -392,9 +391,7 @@ def test_em_poison_costs_a_victim_40_points_and_random_noise_almost_nothing_on_r
   test session (one device) 89.30% -> 44.80%, and crafting seeds 1 and 2 gave -41.2 and
   -39.7 (docs/results/unlearnable.md). Uniform random noise of the same radius costs at most 8 points (3.8
   measured)."""
-  spec = importlib.util.spec_from_file_location("em_eps_sweep", REPO / "experiments" / "em_eps_sweep.py")
-  sweep = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(sweep)
+  sweep = load_script("experiments/em_eps_sweep.py")
   size, eps, surrogate, augment, mode = sweep.ROWS["J"]  # 10k images, eps 0.3, small-CNN surrogate, crop2,flip
   longer = ["craft.stop_error=0", "craft.max_iterations=8", "victim.epochs=10"]
   c = sweep.row_config(size, eps, surrogate, augment, mode, longer)

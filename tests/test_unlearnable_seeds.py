@@ -3,7 +3,6 @@ clean victims per recipe, Pearson over the runs) and a tiny end-to-end run (the 
 control, 2 seeds, 256 images, MLP victims of 1 epoch) that is resumed without running
 anything again."""
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -11,17 +10,13 @@ import shutil
 
 import pytest
 
+from conftest import load_script
 from jaxprotect import stats
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def seeds_mod():
-  spec = importlib.util.spec_from_file_location("unlearnable_seeds", REPO / "experiments" / "unlearnable_seeds.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return load_script("experiments/unlearnable_seeds.py")
 
 
 def _runs():
