@@ -4,7 +4,8 @@ methods compared by Welch intervals over the seeds rather than by single runs.
 
   python experiments/unlearnable_seeds.py --variant fashion_mnist_mini --workdir runs/ue_seeds \\
       [--seeds 0,1,2] [--methods em_sample,em_class,mi_ue,mi_ue_fixed,random] [--eps 0.3] \\
-      [--depth-victims mlp,resnet18:width=8] [--records DIR] [--config.<section>.<field>=<value> ...]
+      [--depth-victims mlp,resnet18:width=8] [--records DIR] [--table-only]
+      [--config.<section>.<field>=<value> ...]
 
 Methods (``METHODS``): ``em_sample`` (experiments/em.py, sample-wise), ``em_sample_ref``
 (em.py's ``,reference`` recipe), ``em_class`` (em.py ``,classwise``), ``mi_ue``
@@ -27,7 +28,8 @@ Every craft and victim is a resumable run directory under ``--workdir``; a run w
 (``records/*.json``, keyed by the hash of its config) exists is not run again. ``--records DIR``
 keeps the records elsewhere, e.g. under version control: they outlive the run directories, so a
 table too long for one machine's session grows over several (``run_one``), and the full-set
-table's records are in docs/results/records/ue_seeds_full. ``table.md``
+table's records are in docs/results/records/ue_seeds_full. ``--table-only`` runs nothing and
+writes the table of what is recorded. ``table.md``
 and ``table.json`` are rewritten after every run, so a partial table can be read while the
 rest runs. Per victim architecture and method: victim accuracy mean +- std over seeds, the
 Welch 95% interval of the difference of means to the clean victims and to ``em_sample``
@@ -296,7 +298,7 @@ def record_keys(work: pathlib.Path, method: str, seed: int, victim: str, c,
 
 
 def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c,
-            records: pathlib.Path | None = None) -> dict[str, Any]:
+            records: pathlib.Path | None = None, recorded_only: bool = False) -> dict[str, Any] | None:
   """Crafts (or restores) the poison of ``method`` at crafting seed ``seed`` and evaluates
   victim ``victim`` (a label) on it, with config ``c``; returns the run's row.
 
@@ -305,13 +307,16 @@ def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c,
   crafts its poison first (again, deterministically, where the craft's directory is gone).
   The clean victim of a seed and recipe has its own record: where it exists and the clean
   run directory does not, the poisoned victim trains alone, taking the clean accuracy from
-  the record (its row then has no ``clean_feature_mi``)."""
+  the record (its row then has no ``clean_feature_mi``). With ``recorded_only``, nothing runs:
+  a run without records gives None."""
   from jaxprotect.unlearnable import craft, victims
 
   k = record_keys(work, method, seed, victim, c, records)
   craft_dir, clean_dir, recipe = k["craft_dir"], k["clean_dir"], k["recipe"]
   (craft_path, craft_key), (eval_path, eval_key), clean_path = k["craft"], k["eval"], k["clean"]
   crafted, evaluated = _stored(craft_path, craft_key), _stored(eval_path, eval_key)
+  if recorded_only and (crafted is None or evaluated is None):
+    return None
   if crafted is None or evaluated is None:
     t = time.time()
     r = craft(c, craft_dir)  # a finished craft is restored, not crafted again
@@ -351,6 +356,7 @@ def main(argv=None) -> int:
   p.add_argument("--depth-victims", default="", help="comma list of model[:key=value...] victims on the same poisons")
   p.add_argument("--records", default=None,
                  help="directory of the run records (default WORKDIR/records); records outlive the run directories")
+  p.add_argument("--table-only", action="store_true", help="run nothing: the table of the runs already recorded")
   args = p.parse_args(argv)
   if spec is not None:
     p.error("--config: the configs are experiments/em.py and mi_ue.py at --variant; "
@@ -380,7 +386,9 @@ def main(argv=None) -> int:
       for m in methods:
         for label, victim_overrides in victim_list:
           c = method_config(m, args.variant, overrides, seed, args.eps, victim_overrides)
-          r = run_one(work, m, seed, label, c, records)
+          r = run_one(work, m, seed, label, c, records, args.table_only)
+          if r is None:
+            continue
           runs.append(r)
           print(f"[{time.time() - t0:6.0f}s] {m} seed {seed} victim {label}: {100 * r['accuracy']:.2f}% "
                 f"(clean {100 * r['clean_accuracy']:.2f}%), craft {r['craft']['seconds']}s "

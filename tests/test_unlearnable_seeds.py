@@ -165,6 +165,10 @@ def test_records_outlive_the_run_directories(seeds_mod, tmp_path, capsys):
   assert json.loads((work / "table.json").read_text())["table"] == first["table"]
   (records / "random-seed1-mlp.json").unlink()
   shutil.rmtree(work)
+  assert seeds_mod.main([*args, "--table-only"]) == 0  # seed 1 left out, nothing run
+  only = json.loads((work / "table.json").read_text())
+  assert [r["seed"] for r in only["runs"]] == [0] and not (work / "random").exists()
+  shutil.rmtree(work)
   assert seeds_mod.main(args) == 0
   assert (work / "random" / "seed1-mlp" / "poisoned").is_dir() and not (work / "clean").exists()
   again = json.loads((records / "random-seed1-mlp.json").read_text())["record"]
