@@ -191,10 +191,14 @@ def build_table(results: dict[str, list[dict[str, Any]]], etas: Sequence[float])
   return {"rows": rows, "welch": welch, "etas": list(etas)}
 
 
-def _pm(s: dict[str, Any] | None) -> str:
+def pm(s: dict[str, Any] | None) -> str:
+  """A summary (fractions) as percent "mean +- std"; one value as "mean (1 seed)"; None: "abstain"."""
   if s is None:
     return "abstain"
-  return f"{100 * s['mean']:.1f} +- {100 * s['std']:.1f}"
+  std = s.get("std")
+  if std is None or not math.isfinite(std):  # a single seed
+    return f"{100 * s['mean']:.1f} (1 seed)"
+  return f"{100 * s['mean']:.1f} +- {100 * std:.1f}"
 
 
 def render(table: dict[str, Any], args: argparse.Namespace) -> str:
@@ -205,8 +209,8 @@ def render(table: dict[str, Any], args: argparse.Namespace) -> str:
            "| training set | model acc. | mean draw acc. | " + " | ".join(f"cert. eta={e:g}" for e in etas) + " |",
            "|---|---|---|" + "---|" * len(etas)]
   for method, row in table["rows"].items():
-    cells = [_pm(row["model_accuracy"]), _pm(row["mean_draw_accuracy"])]
-    cells += [_pm(row["certified"][str(e)]) for e in etas]
+    cells = [pm(row["model_accuracy"]), pm(row["mean_draw_accuracy"])]
+    cells += [pm(row["certified"][str(e)]) for e in etas]
     lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
   if not table["welch"]:  # no clean row to compare with (e.g. --victim surrogate)
     return "\n".join(lines) + "\n"

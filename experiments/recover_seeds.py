@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from certify_seeds import LABELS, REPO, add_record_args, sweep, write_table
+from certify_seeds import LABELS, REPO, add_record_args, pm, sweep, write_table
 
 METHODS = ("clean", "em_sample", "em_class", "mi_ue", "random", "pue")
 CONFIDENCE = 0.95
@@ -70,10 +70,6 @@ def build_table(results: dict[str, list[dict[str, Any]]], baseline: str) -> dict
   return {"etas": etas, "attacks": attacks, "baseline": baseline, "rows": rows, "gain_minus_baseline": welch}
 
 
-def _pm(s: dict[str, Any]) -> str:
-  return f"{100 * s['mean']:.1f} +- {100 * s['std']:.1f}"
-
-
 def _bound(x: float | None) -> str:
   return "inf" if x is None or abs(x) == float("inf") else f"{100 * x:+.1f}"
 
@@ -86,7 +82,7 @@ def render(table: dict[str, Any], args) -> str:
     lines += [f"Attack `{a}`:", "", "| training set | before | " + " | ".join(f"eta={e:g}" for e in etas) + " |",
               "|---|---|" + "---|" * len(etas)]
     for m, row in table["rows"].items():
-      lines.append(f"| {LABELS.get(m, m)} | {_pm(row['before'])} | " + " | ".join(_pm(s) for s in row[a]) + " |")
+      lines.append(f"| {LABELS.get(m, m)} | {pm(row['before'])} | " + " | ".join(pm(s) for s in row[a]) + " |")
     lines += ["", f"Welch {100 * CONFIDENCE:g}% interval of the gain (after minus before) minus the gain on "
               f"{LABELS.get(table['baseline'], table['baseline'])}, points:", "",
               "| training set | " + " | ".join(f"eta={e:g}" for e in etas) + " |", "|---|" + "---|" * len(etas)]

@@ -73,3 +73,11 @@ def test_table_intervals_are_welch(cs):
   assert got["verdict"] == stats.compare([0.50, 0.60], [0.80, 0.82, 0.79], cs.CONFIDENCE)
   assert table["rows"]["em_sample"]["certified"]["0.05"] is None  # an abstention (None) -> no summary
   assert table["rows"]["clean"]["certified"]["0.01"]["mean"] == pytest.approx((0.80 + 0.82 + 0.79) / 3)
+
+
+def test_a_single_seed_renders_without_a_spread(cs):
+  one = {"etas": [0.01], "certified": [0.75], "model_test_accuracy": 0.9, "mean_accuracy": 0.85}
+  args = argparse.Namespace(test_subset=2000, q=0.9, num_draws=450, sigma=0.05, confidence=0.99, seeds="1")
+  text = cs.render(cs.build_table({"clean": [one], "em_sample": [dict(one, certified=[0.5])]}, [0.01]), args)
+  assert "| clean | 90.0 (1 seed) | 85.0 (1 seed) | 75.0 (1 seed) |" in text
+  assert "-25.0 [-inf, inf] inconclusive" in text
