@@ -28,7 +28,8 @@ Every craft and victim is a resumable run directory under ``--workdir``; a run w
 (``records/*.json``, keyed by the hash of its config) exists is not run again. ``--records DIR``
 keeps the records elsewhere, e.g. under version control: they outlive the run directories, so a
 table too long for one machine's session grows over several (``run_one``), and the full-set
-table's records are in docs/results/records/ue_seeds_full. ``--table-only`` runs nothing and
+table's records are in docs/results/records/ue_seeds_full. Keys leave out the run directories'
+paths, so records hold under another ``--workdir``. ``--table-only`` runs nothing and
 writes the table of what is recorded. ``table.md``
 and ``table.json`` are rewritten after every run, so a partial table can be read while the
 rest runs. Per victim architecture and method: victim accuracy mean +- std over seeds, the
@@ -72,6 +73,8 @@ PAIRS = (("mi_ue", "mi_ue_fixed"),)
 CONTROL = "random"  # left out of the second Pearson correlation ("crafted poisons only")
 BASE_EPS = 8 / 255  # the radius the methods' step sizes are set for
 ESTIMATORS = ("gaussian", "ksg")
+# evaluate fields that say where a run's poison and clean victim are, not what they are
+PLACE_FIELDS = ("poison", "clean", "clean_workdir")
 CONFIDENCE = 0.95
 
 
@@ -290,10 +293,13 @@ def record_keys(work: pathlib.Path, method: str, seed: int, victim: str, c,
   c.evaluate.clean_workdir = str(clean_dir)
   rec = records if records is not None else work / "records"
   craft_key = crafting.crafting_hash(c)
+  # The victim's key leaves out where the runs are (the craft is in craft_key), so records stay
+  # valid under another --workdir.
+  evaluate = {k: v for k, v in c.evaluate.to_dict().items() if k not in PLACE_FIELDS}
   return {"craft_dir": craft_dir, "clean_dir": clean_dir, "recipe": recipe,
           "craft": (rec / f"{method}-seed{seed}-craft.json", craft_key),
           "eval": (rec / f"{method}-seed{seed}-{victim}.json",
-                   config_lib.phase_hash(c, ("data", "victim", "evaluate"), crafting=craft_key)),
+                   config_lib.phase_hash(c, ("data", "victim"), crafting=craft_key, evaluate=evaluate)),
           "clean": rec / f"clean-{victim}-seed{seed}-{recipe[:10]}.json"}
 
 

@@ -163,6 +163,10 @@ def test_records_outlive_the_run_directories(seeds_mod, tmp_path, capsys):
   assert seeds_mod.main(args) == 0  # nothing to train: no run directory comes back
   assert not (work / "random").exists() and not (work / "clean").exists()
   assert json.loads((work / "table.json").read_text())["table"] == first["table"]
+  moved = [a if a != str(work) else str(tmp_path / "elsewhere") for a in args]
+  assert seeds_mod.main([*moved, "--table-only"]) == 0  # the records hold under another workdir
+  assert json.loads((tmp_path / "elsewhere" / "table.json").read_text())["table"]["victims"]["mlp"]["methods"] == \
+      first["table"]["victims"]["mlp"]["methods"]
   (records / "random-seed1-mlp.json").unlink()
   shutil.rmtree(work)
   assert seeds_mod.main([*args, "--table-only"]) == 0  # seed 1 left out, nothing run
