@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -71,7 +72,10 @@ def build_table(results: dict[str, list[dict[str, Any]]], baseline: str) -> dict
 
 
 def _bound(x: float | None) -> str:
-  return "inf" if x is None or abs(x) == float("inf") else f"{100 * x:+.1f}"
+  """An interval end in points; an infinite one (fewer than 2 seeds a side) as -inf or inf."""
+  if x is None or math.isinf(x):
+    return "-inf" if x is not None and x < 0 else "inf"
+  return f"{100 * x:+.1f}"
 
 
 def render(table: dict[str, Any], args) -> str:

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import load_script
+from conftest import REPO, load_script
 from jaxprotect import stats
 
 
@@ -81,3 +81,22 @@ def test_a_single_seed_renders_without_a_spread(cs):
   text = cs.render(cs.build_table({"clean": [one], "em_sample": [dict(one, certified=[0.5])]}, [0.01]), args)
   assert "| clean | 90.0 (1 seed) | 85.0 (1 seed) | 75.0 (1 seed) |" in text
   assert "-25.0 [-inf, inf] inconclusive" in text
+
+
+def test_recover_table_gains_are_welch(monkeypatch):
+  monkeypatch.syspath_prepend(str(REPO / "experiments"))  # recover_seeds imports certify_seeds by name
+  rs = load_script("experiments/recover_seeds.py")
+
+  def result(before, after):
+    return {"etas": [0.5], "before": before, "attacks": {"finetune": {"accuracy": [after]}}}
+
+  results = {"em_sample": [result(0.40, 0.60), result(0.50, 0.62)], "pue": [result(0.45, 0.50)],
+             "clean": [result(0.90, 0.91), result(0.92, 0.92), result(0.91, 0.93)]}
+  table = rs.build_table(results, "em_sample")
+  w = stats.welch([0.01, 0.00, 0.02], [0.20, 0.12], rs.CONFIDENCE)
+  got = table["gain_minus_baseline"]["clean"]["finetune"][0]
+  assert (got["diff"], got["low"], got["high"]) == pytest.approx((w["diff"], w["low"], w["high"]))
+  args = argparse.Namespace(seeds="0,1,2", variant="quick")
+  text = rs.render(table, args)
+  assert "| PUE | 45.0 (1 seed) | 50.0 (1 seed) |" in text
+  assert "| PUE | -11.0 [-inf, inf] inconclusive |" in text  # one seed: an unbounded interval
