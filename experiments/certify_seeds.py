@@ -106,10 +106,10 @@ def sweep(args: argparse.Namespace, methods: Sequence[str], seeds: Sequence[int]
         continue
       result = one(model, args.workdir / method / f"seed{seed}")
       if rec is not None:
+        from jaxprotect import config as config_lib
+
         rec.parent.mkdir(parents=True, exist_ok=True)
-        tmp = rec.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "settings": settings, "record": result}))
-        tmp.replace(rec)
+        config_lib.write_json_atomic(rec, {"key": key, "settings": settings, "record": result})
       results[method].append(result)
   return {m: r for m, r in results.items() if r}
 

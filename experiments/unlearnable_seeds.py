@@ -338,10 +338,10 @@ def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c,
     ev = victims.evaluate(c, work / method / f"seed{seed}-{victim}")
     mi = ev.get("feature_mi", {})
     acc = ev["test_accuracy"]
-    if "clean" in acc:
-      clean_known = clean_known or _store(clean_path, recipe, {"accuracy": acc["clean"]})
+    if clean_known is None:  # the clean victim trained (or was restored) beside the poisoned one
+      clean_known = _store(clean_path, recipe, {"accuracy": acc["clean"]})
     evaluated = _store(eval_path, eval_key, {
-        "accuracy": acc["poisoned"], "clean_accuracy": acc.get("clean", clean_known["accuracy"]),
+        "accuracy": acc["poisoned"], "clean_accuracy": clean_known["accuracy"],
         "feature_mi": {e: mi.get("poisoned", {}).get(e) for e in ESTIMATORS},
         "clean_feature_mi": {e: mi.get("clean", {}).get(e) for e in ESTIMATORS},
         "victim_config": ev["victim"], "seconds": round(time.time() - t)})
