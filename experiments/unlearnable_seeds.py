@@ -206,8 +206,9 @@ def _interval(w: dict[str, Any] | None) -> str:
 def _mean_std(s: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
   if not s:
     return "-"
-  std = "" if s["std"] is None else f" +- {scale * s['std']:.{digits}f}"
-  return f"{scale * s['mean']:.{digits}f}{std}"
+  if s["std"] is None:  # one seed: no spread, and the cell says so
+    return f"{scale * s['mean']:.{digits}f} (1 seed)"
+  return f"{scale * s['mean']:.{digits}f} +- {scale * s['std']:.{digits}f}"
 
 
 def _mi(s: dict[str, Any] | None, acc: dict[str, Any], digits: int) -> str:
@@ -215,7 +216,10 @@ def _mi(s: dict[str, Any] | None, acc: dict[str, Any], digits: int) -> str:
   if s is None:
     return ""
   n, total = len(s["values"]), len(acc["values"])
-  return _mean_std(s, digits=digits) + (f" ({n} of {total} seeds)" if n < total else "")
+  if n < total:  # "(1 seed)" of a single value would hide that the row has more
+    spread = "" if s["std"] is None else f" +- {s['std']:.{digits}f}"
+    return f"{s['mean']:.{digits}f}{spread} ({n} of {total} seeds)"
+  return _mean_std(s, digits=digits)
 
 
 def render_table(table: dict[str, Any], labels: dict[str, str] | None = None) -> str:

@@ -94,7 +94,11 @@ def test_one_seed_has_no_interval(seeds_mod):
   w = v["methods"]["mi_ue"]["vs_clean"]
   assert w["low"] is None and w["high"] is None and w["verdict"] == "inconclusive"
   assert v["pearson"]["gaussian"]["r"] is not None  # 3 pairs (em_sample_ref's run counts too)
-  assert "(n < 2)" in seeds_mod.render_table({"confidence": 0.95, "baseline": "em_sample", "victims": {"x": v}})
+  md = seeds_mod.render_table({"confidence": 0.95, "baseline": "em_sample", "victims": {"x": v}})
+  assert "(n < 2)" in md
+  row = next(line for line in md.splitlines() if line.startswith("| MI-UE, reshuffled"))
+  acc = v["methods"]["mi_ue"]["accuracy"]["mean"]
+  assert row.split(" | ")[1] == f"{100 * acc:.2f} (1 seed)", row  # a single seed is marked, not shown bare
 
 
 def test_configs(seeds_mod):
