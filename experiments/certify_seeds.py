@@ -201,6 +201,24 @@ def pm(s: dict[str, Any] | None) -> str:
   return f"{100 * s['mean']:.1f} +- {100 * std:.1f}"
 
 
+def _bound(x: float | None, sign: float) -> str:
+  """An interval end in points; an unbounded one (None or infinite) as -inf or inf by ``sign``."""
+  if x is None or math.isinf(x):
+    return "-inf" if (x if x is not None else sign) < 0 else "inf"
+  return f"{100 * x:+.1f}"
+
+
+def interval(w: dict[str, Any] | None) -> str:
+  """A Welch comparison (``stats.welch`` plus its ``verdict``) as a table cell: "diff [low,
+  high] verdict"; "diff (n < 2)" where a side has one seed (no interval); None: "abstain"."""
+  if w is None:
+    return "abstain"
+  unbounded = [x is None or math.isinf(x) for x in (w["low"], w["high"])]
+  if all(unbounded):
+    return f"{100 * w['diff']:+.1f} (n < 2)"
+  return f"{100 * w['diff']:+.1f} [{_bound(w['low'], -1)}, {_bound(w['high'], 1)}] {w['verdict']}"
+
+
 def render(table: dict[str, Any], args: argparse.Namespace) -> str:
   etas = table["etas"]
   images = f"the first {args.test_subset} test images" if args.test_subset else "the whole test split"
@@ -219,13 +237,7 @@ def render(table: dict[str, Any], args: argparse.Namespace) -> str:
   for method, per_eta in table["welch"].items():
     cells = []
     for e in etas:
-      w = per_eta[str(e)]
-      if w is None:
-        cells.append("abstain")
-      else:
-        low = "-inf" if w["low"] is None else f"{100 * w['low']:+.1f}"
-        high = "inf" if w["high"] is None else f"{100 * w['high']:+.1f}"
-        cells.append(f"{100 * w['diff']:+.1f} [{low}, {high}] {w['verdict']}")
+      cells.append(interval(per_eta[str(e)]))
     lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from certify_seeds import LABELS, REPO, add_record_args, pm, sweep, write_table
+from certify_seeds import LABELS, REPO, add_record_args, interval, pm, sweep, write_table
 
 METHODS = ("clean", "em_sample", "em_class", "mi_ue", "random", "pue")
 CONFIDENCE = 0.95
@@ -71,13 +70,6 @@ def build_table(results: dict[str, list[dict[str, Any]]], baseline: str) -> dict
   return {"etas": etas, "attacks": attacks, "baseline": baseline, "rows": rows, "gain_minus_baseline": welch}
 
 
-def _bound(x: float | None) -> str:
-  """An interval end in points; an infinite one (fewer than 2 seeds a side) as -inf or inf."""
-  if x is None or math.isinf(x):
-    return "-inf" if x is not None and x < 0 else "inf"
-  return f"{100 * x:+.1f}"
-
-
 def render(table: dict[str, Any], args) -> str:
   etas = table["etas"]
   lines = [f"Recovered report-set accuracy in %, mean +- std over seeds {args.seeds}; "
@@ -91,7 +83,7 @@ def render(table: dict[str, Any], args) -> str:
               f"{LABELS.get(table['baseline'], table['baseline'])}, points:", "",
               "| training set | " + " | ".join(f"eta={e:g}" for e in etas) + " |", "|---|" + "---|" * len(etas)]
     for m, per in table["gain_minus_baseline"].items():
-      cells = [f"{100 * w['diff']:+.1f} [{_bound(w['low'])}, {_bound(w['high'])}] {w['verdict']}" for w in per[a]]
+      cells = [interval(w) for w in per[a]]
       lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
     lines.append("")
   return "\n".join(lines)

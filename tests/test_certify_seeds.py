@@ -80,10 +80,10 @@ def test_a_single_seed_renders_without_a_spread(cs):
   args = argparse.Namespace(test_subset=2000, q=0.9, num_draws=450, sigma=0.05, confidence=0.99, seeds="1")
   text = cs.render(cs.build_table({"clean": [one], "em_sample": [dict(one, certified=[0.5])]}, [0.01]), args)
   assert "| clean | 90.0 (1 seed) | 85.0 (1 seed) | 75.0 (1 seed) |" in text
-  assert "-25.0 [-inf, inf] inconclusive" in text
+  assert "| EM sample-wise | -25.0 (n < 2) |" in text  # one seed: no interval
 
 
-def test_recover_table_gains_are_welch(monkeypatch):
+def test_recover_table_gains_are_welch(cs, monkeypatch):
   monkeypatch.syspath_prepend(str(REPO / "experiments"))  # recover_seeds imports certify_seeds by name
   rs = load_script("experiments/recover_seeds.py")
 
@@ -99,4 +99,6 @@ def test_recover_table_gains_are_welch(monkeypatch):
   args = argparse.Namespace(seeds="0,1,2", variant="quick")
   text = rs.render(table, args)
   assert "| PUE | 45.0 (1 seed) | 50.0 (1 seed) |" in text
-  assert "| PUE | -11.0 [-inf, inf] inconclusive |" in text  # one seed: an unbounded interval
+  assert "| PUE | -11.0 (n < 2) |" in text  # one seed: no interval
+  half = {"diff": -0.02, "low": None, "high": 0.01, "verdict": "inconclusive"}  # one end unbounded keeps its sign
+  assert cs.interval(half) == "-2.0 [-inf, +1.0] inconclusive" and cs.interval(None) == "abstain"
