@@ -84,6 +84,8 @@ def sweep(args: argparse.Namespace, methods: Sequence[str], seeds: Sequence[int]
   victims' run directories (e.g. kept under version control while the runs are not). With
   ``args.skip_missing``, a seed and method that has neither a record nor a victim is left out
   with a line saying so, instead of failing."""
+  from jaxprotect import config as config_lib
+
   records, skip = getattr(args, "records", None), getattr(args, "skip_missing", False)
   key = settings_key(settings or {})
   results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -106,8 +108,6 @@ def sweep(args: argparse.Namespace, methods: Sequence[str], seeds: Sequence[int]
         continue
       result = one(model, args.workdir / method / f"seed{seed}")
       if rec is not None:
-        from jaxprotect import config as config_lib
-
         rec.parent.mkdir(parents=True, exist_ok=True)
         config_lib.write_json_atomic(rec, {"key": key, "settings": settings, "record": result})
       results[method].append(result)
@@ -201,11 +201,9 @@ def pm(s: dict[str, Any] | None) -> str:
   return f"{100 * s['mean']:.1f} +- {100 * std:.1f}"
 
 
-def _bound(x: float | None, sign: float) -> str:
-  """An interval end in points; an unbounded one (None or infinite) as -inf or inf by ``sign``."""
-  if x is None or math.isinf(x):
-    return "-inf" if (x if x is not None else sign) < 0 else "inf"
-  return f"{100 * x:+.1f}"
+def _bound(x: float | None, unbounded: str) -> str:
+  """An interval end in points; ``unbounded`` ("-inf" or "inf") where it is None or infinite."""
+  return unbounded if x is None or math.isinf(x) else f"{100 * x:+.1f}"
 
 
 def interval(w: dict[str, Any] | None) -> str:
@@ -216,7 +214,7 @@ def interval(w: dict[str, Any] | None) -> str:
   unbounded = [x is None or math.isinf(x) for x in (w["low"], w["high"])]
   if all(unbounded):
     return f"{100 * w['diff']:+.1f} (n < 2)"
-  return f"{100 * w['diff']:+.1f} [{_bound(w['low'], -1)}, {_bound(w['high'], 1)}] {w['verdict']}"
+  return f"{100 * w['diff']:+.1f} [{_bound(w['low'], '-inf')}, {_bound(w['high'], 'inf')}] {w['verdict']}"
 
 
 def render(table: dict[str, Any], args: argparse.Namespace) -> str:
@@ -235,9 +233,7 @@ def render(table: dict[str, Any], args: argparse.Namespace) -> str:
   lines += ["", f"Welch {100 * CONFIDENCE:g}% interval of the certified value, poison minus clean (points):", "",
             "| poison | " + " | ".join(f"eta={e:g}" for e in etas) + " |", "|---|" + "---|" * len(etas)]
   for method, per_eta in table["welch"].items():
-    cells = []
-    for e in etas:
-      cells.append(interval(per_eta[str(e)]))
+    cells = [interval(per_eta[str(e)]) for e in etas]
     lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 

@@ -203,11 +203,12 @@ def _interval(w: dict[str, Any] | None) -> str:
   return f"{100 * w['diff']:+.1f} [{100 * w['low']:+.1f}, {100 * w['high']:+.1f}]{word}"
 
 
-def _mean_std(s: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
+def _mean_std(s: dict[str, Any] | None, scale: float = 1.0, digits: int = 2, single: str = " (1 seed)") -> str:
+  """"mean +- std"; one value (no std) as "mean" plus ``single``, so the cell says so."""
   if not s:
     return "-"
-  if s["std"] is None:  # one seed: no spread, and the cell says so
-    return f"{scale * s['mean']:.{digits}f} (1 seed)"
+  if s["std"] is None:
+    return f"{scale * s['mean']:.{digits}f}{single}"
   return f"{scale * s['mean']:.{digits}f} +- {scale * s['std']:.{digits}f}"
 
 
@@ -216,9 +217,8 @@ def _mi(s: dict[str, Any] | None, acc: dict[str, Any], digits: int) -> str:
   if s is None:
     return ""
   n, total = len(s["values"]), len(acc["values"])
-  if n < total:  # "(1 seed)" of a single value would hide that the row has more
-    spread = "" if s["std"] is None else f" +- {s['std']:.{digits}f}"
-    return f"{s['mean']:.{digits}f}{spread} ({n} of {total} seeds)"
+  if n < total:  # "n of total seeds" instead of "(1 seed)", which would hide that the row has more
+    return _mean_std(s, digits=digits, single="") + f" ({n} of {total} seeds)"
   return _mean_std(s, digits=digits)
 
 
