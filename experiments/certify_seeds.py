@@ -111,6 +111,10 @@ def sweep(args: argparse.Namespace, methods: Sequence[str], seeds: Sequence[int]
         rec.parent.mkdir(parents=True, exist_ok=True)
         config_lib.write_json_atomic(rec, {"key": key, "settings": settings, "record": result})
       results[method].append(result)
+  if not any(results.values()):  # every seed and method skipped: say why, not a traceback from the table
+    where = f"no record under {records} with the key of {settings} and " if records else ""
+    raise SystemExit(f"error: nothing to tabulate: {where}no victim run under {args.source} "
+                     f"for methods {list(methods)}, seeds {list(seeds)}")
   return {m: r for m, r in results.items() if r}
 
 
@@ -193,28 +197,17 @@ def build_table(results: dict[str, list[dict[str, Any]]], etas: Sequence[float])
 
 def pm(s: dict[str, Any] | None) -> str:
   """A summary (fractions) as percent "mean +- std"; one value as "mean (1 seed)"; None: "abstain"."""
-  if s is None:
-    return "abstain"
-  std = s.get("std")
-  if std is None or not math.isfinite(std):  # a single seed
-    return f"{100 * s['mean']:.1f} (1 seed)"
-  return f"{100 * s['mean']:.1f} +- {100 * std:.1f}"
+  from jaxprotect import stats
 
-
-def _bound(x: float | None, unbounded: str) -> str:
-  """An interval end in points; ``unbounded`` ("-inf" or "inf") where it is None or infinite."""
-  return unbounded if x is None or math.isinf(x) else f"{100 * x:+.1f}"
+  return "abstain" if s is None else stats.format_summary(s, 100, 1)
 
 
 def interval(w: dict[str, Any] | None) -> str:
   """A Welch comparison (``stats.welch`` plus its ``verdict``) as a table cell: "diff [low,
   high] verdict"; "diff (n < 2)" where a side has one seed (no interval); None: "abstain"."""
-  if w is None:
-    return "abstain"
-  unbounded = [x is None or math.isinf(x) for x in (w["low"], w["high"])]
-  if all(unbounded):
-    return f"{100 * w['diff']:+.1f} (n < 2)"
-  return f"{100 * w['diff']:+.1f} [{_bound(w['low'], '-inf')}, {_bound(w['high'], 'inf')}] {w['verdict']}"
+  from jaxprotect import stats
+
+  return "abstain" if w is None else stats.format_welch(w)
 
 
 def render(table: dict[str, Any], args: argparse.Namespace) -> str:

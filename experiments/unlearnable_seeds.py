@@ -194,22 +194,19 @@ def _pct(x: float | None) -> str:
   return "-" if x is None else f"{100 * x:.2f}"
 
 
+_WORDS = {"less": ", lower", "greater": ", higher"}  # "lower"/"higher" only where the interval excludes 0
+
+
 def _interval(w: dict[str, Any] | None) -> str:
-  if w is None:
-    return ""
-  if w["low"] is None or w["high"] is None:
-    return f"{100 * w['diff']:+.1f} (n < 2)"
-  word = {"less": ", lower", "greater": ", higher"}.get(w["verdict"], "")
-  return f"{100 * w['diff']:+.1f} [{100 * w['low']:+.1f}, {100 * w['high']:+.1f}]{word}"
+  from jaxprotect import stats
+
+  return "" if w is None else stats.format_welch(w, words=_WORDS)
 
 
 def _mean_std(s: dict[str, Any] | None, scale: float = 1.0, digits: int = 2, single: str = " (1 seed)") -> str:
-  """"mean +- std"; one value (no std) as "mean" plus ``single``, so the cell says so."""
-  if not s:
-    return "-"
-  if s["std"] is None:
-    return f"{scale * s['mean']:.{digits}f}{single}"
-  return f"{scale * s['mean']:.{digits}f} +- {scale * s['std']:.{digits}f}"
+  from jaxprotect import stats
+
+  return stats.format_summary(s, scale, digits, single) if s else "-"
 
 
 def _mi(s: dict[str, Any] | None, acc: dict[str, Any], digits: int) -> str:

@@ -15,7 +15,10 @@ mutual-information estimates between two feature sets.
 * ``ksg_mi(x, y, k)`` -- the k-nearest-neighbour estimator of Kraskov, Stoegbauer and
   Grassberger (Phys. Rev. E 69, 066138, 2004; their estimator 1, max-norm in the joint
   space, Euclidean distances in each space), a non-parametric check on the Gaussian one;
-* ``pearson(x, y)`` -- Pearson's r with its two-sided p value.
+* ``pearson(x, y)`` -- Pearson's r with its two-sided p value;
+* ``format_summary(s)`` / ``format_welch(w)`` -- a summary as "mean +- std" and a Welch
+  comparison as "diff [low, high] verdict", the table cells of the experiment scripts; one
+  seed, which has no spread and no interval, is said as such ("(1 seed)", "(n < 2)").
 
 The MI estimators run in JAX (pairwise distances in blocks for KSG); everything else is
 numpy/scipy on host values.
@@ -25,13 +28,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["compare", "gaussian_mi", "ksg_mi", "pearson", "summary", "welch"]
+__all__ = ["compare", "format_summary", "format_welch", "gaussian_mi", "ksg_mi", "pearson", "summary", "welch"]
 
 
 def _values(values: Sequence[float], name: str) -> np.ndarray:
@@ -90,6 +94,38 @@ def compare(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) ->
   if w["high"] < 0:
     return "less"
   return "inconclusive"
+
+
+def _unbounded(x: float | None) -> bool:
+  return x is None or (isinstance(x, float) and math.isinf(x))
+
+
+def format_summary(s: Mapping[str, Any], scale: float = 1.0, digits: int = 2, single: str = " (1 seed)") -> str:
+  """``summary``'s result (or a record of it: ``std`` None where JSON dropped the NaN) as
+  "mean +- std", both times ``scale`` at ``digits`` decimals; one value, which has no standard
+  deviation, as "mean" followed by ``single`` so that the cell says so."""
+  std = s.get("std")
+  if std is None or not math.isfinite(std):
+    return f"{scale * s['mean']:.{digits}f}{single}"
+  return f"{scale * s['mean']:.{digits}f} +- {scale * std:.{digits}f}"
+
+
+def format_welch(w: Mapping[str, Any], scale: float = 100.0, digits: int = 1,
+                 words: Mapping[str, str] | None = None) -> str:
+  """``welch``'s result plus ``"verdict"`` (``compare``'s word) as "diff [low, high] word",
+  values times ``scale`` with their signs at ``digits`` decimals. ``words`` maps a verdict to the
+  text after the interval (default: a space and the verdict itself; a verdict it lacks gets
+  nothing). Ends that are None (as records store infinities) or infinite are unbounded: both
+  unbounded, as ``welch`` leaves them when a side has one value, give "diff (n < 2)"; one
+  gives "-inf" or "inf" in its place, keeping the other end's sign."""
+  f = f"{{:+.{digits}f}}"
+  diff = f.format(scale * w["diff"])
+  low, high = w["low"], w["high"]
+  if _unbounded(low) and _unbounded(high):
+    return f"{diff} (n < 2)"
+  ends = ["-inf" if _unbounded(low) else f.format(scale * low), "inf" if _unbounded(high) else f.format(scale * high)]
+  word = f" {w['verdict']}" if words is None else words.get(w["verdict"], "")
+  return f"{diff} [{ends[0]}, {ends[1]}]{word}"
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:

@@ -55,7 +55,8 @@ def test_records_outlive_the_victims(cs, tmp_path, capsys):
   assert cs.sweep(args, ["em_sample", "clean", "mi_ue"], [0, 1], one, {"sigma": 0.05}) == got
   assert calls == []
   # Other settings: the records do not apply, and with the victims gone nothing is left.
-  assert cs.sweep(args, ["em_sample", "clean"], [0, 1], one, {"sigma": 0.1}) == {}
+  with pytest.raises(SystemExit, match=r"nothing to tabulate: no record under .*'sigma': 0.1"):
+    cs.sweep(args, ["em_sample", "clean"], [0, 1], one, {"sigma": 0.1})
 
 
 def test_table_intervals_are_welch(cs):

@@ -45,6 +45,25 @@ def _correlated(n, d, rho, seed=0):
   return x.astype(np.float32), y.astype(np.float32), -0.5 * d * math.log(1 - rho**2)
 
 
+def test_table_cells_say_mean_std_and_interval_and_mark_one_seed():
+  a, b = [0.40, 0.44, 0.48], [0.90, 0.91, 0.92]
+  s, w = stats.summary(a), stats.welch(a, b)
+  w["verdict"] = stats.compare(a, b)
+  assert stats.format_summary(s, 100, 1) == "44.0 +- 4.0"
+  assert stats.format_summary(stats.summary([0.4]), 100) == "40.00 (1 seed)"  # std NaN
+  assert stats.format_summary({"mean": 0.4, "std": None}, 100, 1, "") == "40.0"  # a record: NaN stored as None
+  low, high = 100 * w["low"], 100 * w["high"]
+  assert high < 0 and stats.format_welch(w) == f"{100 * w['diff']:+.1f} [{low:+.1f}, {high:+.1f}] less"
+  assert stats.format_welch(w, words={"less": ", lower"}).endswith(f"{high:+.1f}], lower")
+  assert stats.format_welch({**w, "verdict": "inconclusive"}, words={"less": ", lower"}).endswith("]")
+  one = {**stats.welch([0.4], b), "verdict": "inconclusive"}  # a side with one value: no interval
+  assert stats.format_welch(one) == f"{100 * one['diff']:+.1f} (n < 2)"
+  assert stats.format_welch({**one, "low": None, "high": None}) == f"{100 * one['diff']:+.1f} (n < 2)"
+  half = {"diff": -0.02, "low": None, "high": 0.01, "verdict": "inconclusive"}  # one unbounded end
+  assert stats.format_welch(half) == "-2.0 [-inf, +1.0] inconclusive"
+  assert stats.format_welch({**half, "low": -0.05, "high": math.inf}, 1.0, 2) == "-0.02 [-0.05, inf] inconclusive"
+
+
 def test_gaussian_mi_matches_the_closed_form():
   x, y, truth = _correlated(20000, 4, 0.8)
   assert stats.gaussian_mi(x, y, ridge=0.0) == pytest.approx(truth, rel=0.03)
