@@ -68,6 +68,7 @@ def test_table_matches_stats_on_synthetic_runs(seeds_mod):
   w = v["methods"]["em_sample"]["vs_clean"]
   assert f"{100 * w['diff']:+.1f} [{100 * w['low']:+.1f}, {100 * w['high']:+.1f}], lower" in md
   assert "| none (clean) |" in md and "Pearson r (feature MI ksg" in md
+  assert "without random" not in md  # no control: the line would repeat the one over all poisoned victims
 
 
 def test_pairs_and_the_control(seeds_mod):
@@ -83,8 +84,9 @@ def test_pairs_and_the_control(seeds_mod):
   crafted = [r for r in runs + extra if r["method"] != "random"]
   r = stats.pearson([r["feature_mi"]["gaussian"] for r in crafted], [r["accuracy"] for r in crafted])["r"]
   assert v["pearson_crafted"]["gaussian"]["r"] == pytest.approx(r)
-  assert "MI-UE, reshuffled batches minus MI-UE, fixed batch order: +10.0" in seeds_mod.render_table(
-      {"confidence": 0.95, "baseline": "em_sample", "victims": {"small_cnn": v}})
+  md = seeds_mod.render_table({"confidence": 0.95, "baseline": "em_sample", "victims": {"small_cnn": v}})
+  assert "MI-UE, reshuffled batches minus MI-UE, fixed batch order: +10.0" in md
+  assert f"over 12 poisoned victims without random: {r:+.3f}" in md
 
 
 def test_one_seed_has_no_interval(seeds_mod):
