@@ -400,14 +400,18 @@ def main(argv=None) -> int:
             continue
           runs.append(r)
           print(f"[{time.time() - t0:6.0f}s] {m} seed {seed} victim {label}: {100 * r['accuracy']:.2f}% "
-                f"(clean {100 * r['clean_accuracy']:.2f}%), craft {r['craft']['seconds']}s "
-                f"({r['craft']['iterations']} it.), victim {r['seconds']}s", flush=True)
+                f"(clean {100 * r['clean_accuracy']:.2f}%), craft {_seconds(r['craft']['seconds'])} "
+                f"({r['craft']['iterations']} it.), victim {_seconds(r['seconds'])}", flush=True)
           write_outputs(work, args, overrides, methods, seeds, runs, time.time() - t0)
   except (ValueError, platform.MissingExtraError) as e:
     print(f"unlearnable_seeds: error: {e}", file=sys.stderr)
     return 1
   print((work / "table.md").read_text() if (work / "table.md").exists() else "")
   return 0
+
+
+def _seconds(x: float | None) -> str:
+  return "time not recorded" if x is None else f"{x}s"  # restored records lack their times
 
 
 def write_outputs(work: pathlib.Path, args, overrides, methods, seeds, runs, seconds: float) -> None:
