@@ -313,7 +313,10 @@ def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c,
 
   Records (``records``, default ``work/records``) outlive the run directories: a victim whose
   record exists is not trained again, and its poison is not needed; a victim without one
-  crafts its poison first (again, deterministically, where the craft's directory is gone).
+  crafts its poison first (again, where the craft's directory is gone: deterministic on one
+  machine, but another CPU or JAX version may craft another poison). The craft's record keeps
+  the poison's digest; a craft made again with another digest is refused (ValueError), since
+  its victims would sit in one row with the victims of the recorded poison.
   The clean victim of a seed and recipe has its own record: where it exists and the clean
   run directory does not, the poisoned victim trains alone, taking the clean accuracy from
   the record (its row then has no ``clean_feature_mi``). With ``recorded_only``, nothing runs:
@@ -331,7 +334,14 @@ def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c,
     r = craft(c, craft_dir)  # a finished craft is restored, not crafted again
     fresh = {"iterations": r["iterations"], "stopped_early": r["stopped_early"],
              "surrogate_perturbed_acc": r["perturbed_train_accuracy"],
-             "surrogate_clean_acc": r["clean_train_accuracy"], "seconds": round(time.time() - t)}
+             "surrogate_clean_acc": r["clean_train_accuracy"], "seconds": round(time.time() - t),
+             "delta_sha256": r.get("delta_sha256")}
+    known = (crafted or {}).get("delta_sha256")  # records from before digests were kept have none
+    if known is not None and fresh["delta_sha256"] != known:
+      raise ValueError(f"{method} seed {seed}: the poison crafted in {craft_dir} (delta sha256 "
+                       f"{fresh['delta_sha256']}) is not the recorded one ({known}, {craft_path}); another "
+                       f"machine or JAX version crafted another poison. Move {method}-seed{seed}-*.json out of "
+                       f"{craft_path.parent} to record this craft and train all its victims again")
     crafted = crafted or _store(craft_path, craft_key, fresh)
   if evaluated is None:
     clean_known = _stored(clean_path, recipe)
