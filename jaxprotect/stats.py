@@ -97,7 +97,7 @@ def compare(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) ->
 
 
 def _unbounded(x: float | None) -> bool:
-  return x is None or (isinstance(x, float) and math.isinf(x))
+  return x is None or math.isinf(x)
 
 
 def format_summary(s: Mapping[str, Any], scale: float = 1.0, digits: int = 2, single: str = " (1 seed)") -> str:
@@ -123,9 +123,10 @@ def format_welch(w: Mapping[str, Any], scale: float = 100.0, digits: int = 1,
   low, high = w["low"], w["high"]
   if _unbounded(low) and _unbounded(high):
     return f"{diff} (n < 2)"
-  ends = ["-inf" if _unbounded(low) else f.format(scale * low), "inf" if _unbounded(high) else f.format(scale * high)]
+  low = "-inf" if _unbounded(low) else f.format(scale * low)
+  high = "inf" if _unbounded(high) else f.format(scale * high)
   word = f" {w['verdict']}" if words is None else words.get(w["verdict"], "")
-  return f"{diff} [{ends[0]}, {ends[1]}]{word}"
+  return f"{diff} [{low}, {high}]{word}"
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
