@@ -21,6 +21,9 @@ What a phase gets without code of its own:
 * checkpoints that record the config hash and the dataset fingerprint: resuming under
   another config or on other data is a ``ValueError`` that names the directory;
 * ``metrics.jsonl`` that reads as one uninterrupted run after a resume;
+* ``seconds`` in ``results.json``: the phase's wall time summed over the processes that
+  ran it, each up to the checkpoint the next one resumed from (work lost to a kill is
+  not counted; work done again is, once), beside ``seconds_this_process``;
 * a progress bar (process 0, ``config.progress``);
 * fault injection for resume tests: with ``JAXPROTECT_KILL_AT=N`` the process SIGKILLs
   itself at the first ``checkpoint`` call whose position reaches ``N`` (after starting
@@ -84,6 +87,7 @@ class Phase:
     self.main = parallel.is_main_process()
     self.meta = {"dataset_fingerprint": dataset.fingerprint, "phase": name}
     self.t0 = time.time()
+    self._seconds_before = 0.0  # the wall time of earlier processes, up to the checkpoint resumed from
     self._ckpt: checkpoint.Checkpointer | None = None
     self._writer: MetricsWriter | None = None
     self._bar = None
@@ -123,13 +127,19 @@ class Phase:
       raise ValueError(f"checkpoint in {self.checkpointer.directory} was written on dataset fingerprint "
                        f"{meta.get('dataset_fingerprint')}, but {self.dataset.name!r} now has "
                        f"{self.dataset.fingerprint}; use another run directory (workdir)")
+    self._seconds_before = float(meta.get("seconds", 0.0))  # absent in checkpoints written before it was kept
     self.write_config()
     return restored
+
+  def seconds(self) -> float:
+    """The phase's wall time so far: earlier processes' (up to the checkpoint this one
+    resumed from) plus this process's."""
+    return self._seconds_before + time.time() - self.t0
 
   def checkpoint(self, position: int, state: Any, save: bool = True) -> None:
     """Saves ``state`` at ``position`` when ``save``; then the fault-injection point."""
     if save:
-      self.checkpointer.save(position, state, self.meta)
+      self.checkpointer.save(position, state, {**self.meta, "seconds": round(self.seconds(), 2)})
     if self._kill_at and position >= self._kill_at:
       os.kill(os.getpid(), signal.SIGKILL)
 
@@ -167,12 +177,13 @@ class Phase:
       self._writer.close()
 
   def finish(self, results: dict[str, Any]) -> dict[str, Any]:
-    """Adds the common fields (devices, seconds, config hash) to ``results``, writes
+    """Adds the common fields (devices, ``seconds``, ``seconds_this_process``, config hash) to ``results``, writes
     ``results.json`` (process 0) and returns it."""
     mesh = self.dataset.mesh
     self.write_config()
     results = {**results, "num_devices": int(mesh.devices.size),
-               "seconds_this_process": round(time.time() - self.t0, 2), "config_hash": self.config_hash}
+               "seconds": round(self.seconds(), 2), "seconds_this_process": round(time.time() - self.t0, 2),
+               "config_hash": self.config_hash}
     if self.main:
       config_lib.write_json_atomic(self.workdir / "results.json", results)
     return results

@@ -64,12 +64,20 @@ def test_a_toy_phase_resumes_bitwise_after_a_kill(tmp_path):
   proc = run_killed(tmp_path / "killed", 3)
   assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILL, by the phase's fault injection
   assert not (tmp_path / "killed" / "results.json").exists()
+  from jaxprotect import checkpoint
+  ck = checkpoint.Checkpointer(tmp_path / "killed" / "checkpoints", want["config_hash"])
+  killed_seconds = ck.read_meta(ck.latest_step())["seconds"]  # the killed process's time up to its checkpoint
+  ck.close()
+  assert killed_seconds > 0
   got, resumed = toy_phase(toy_config(keep=3), tmp_path / "killed", ds)  # runtime may change on resume
   assert got["total"] == want["total"]
   np.testing.assert_array_equal(np.asarray(resumed["total"]), np.asarray(state["total"]))
   steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
   assert steps == list(range(1, 7))  # reads as one uninterrupted run
   assert got["config_hash"] == want["config_hash"] and got["num_devices"] == 1
+  # the phase's seconds count the killed process up to the checkpoint resumed from, then this one
+  assert got["seconds"] == pytest.approx(killed_seconds + got["seconds_this_process"], abs=0.05)
+  assert want["seconds"] == pytest.approx(want["seconds_this_process"], abs=0.02)
 
 
 def test_a_toy_phase_refuses_another_config_or_dataset_and_changes_nothing(tmp_path):

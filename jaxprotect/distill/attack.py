@@ -187,7 +187,8 @@ def run_attacks(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, 
                     batch_fn=hook, aux=black_box)
         results = runner.fit(rc, run_dir, mesh, ds, section="student", hash_extra={"attack": settings}, **kw)
       entry["accuracy"][str(seed)] = results["test_accuracy"]
-      entry["seconds"][str(seed)] = results["seconds_this_process"]  # of the process that finished the run
+      # over every process that ran it (results.json from before that was kept: the last one's)
+      entry["seconds"][str(seed)] = results.get("seconds", results["seconds_this_process"])
       if main:
         config_lib.write_json_atomic(workdir / ATTACK_JSON, record)
   if main:

@@ -216,6 +216,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: os.PathLike | str, mesh
       "dataset_fingerprint": {name: r["dataset"]["fingerprint"] for name, r in runs.items()},
       "test_accuracy": {name: r["test_accuracy"] for name, r in runs.items()},
       "class_accuracy": {name: r["class_accuracy"] for name, r in runs.items()},
+      "seconds": {name: r.get("seconds") for name, r in runs.items()},  # each training, over its processes
       "curves": curves,
   }
   if mi:
