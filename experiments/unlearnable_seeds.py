@@ -314,8 +314,9 @@ def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c,
   Records (``records``, default ``work/records``) outlive the run directories: a victim whose
   record exists is not trained again, and its poison is not needed; a victim without one
   crafts its poison first (again, where the craft's directory is gone: deterministic on one
-  machine, but another CPU or JAX version may craft another poison). The craft's record keeps
-  the poison's digest; a craft made again with another digest is refused (ValueError), since
+  machine, but another CPU or JAX version may craft another poison). The craft's record and
+  each victim's keep the poison's digest (``delta_sha256``; a victim's: the poison it trained
+  on); a craft made again with another digest than its record's is refused (ValueError), since
   its victims would sit in one row with the victims of the recorded poison.
   The clean victim of a seed and recipe has its own record: where it exists and the clean
   run directory does not, the poisoned victim trains alone, taking the clean accuracy from
@@ -358,7 +359,8 @@ def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c,
         "accuracy": acc["poisoned"], "clean_accuracy": clean_known["accuracy"],
         "feature_mi": {e: mi.get("poisoned", {}).get(e) for e in ESTIMATORS},
         "clean_feature_mi": {e: mi.get("clean", {}).get(e) for e in ESTIMATORS},
-        "victim_config": ev["victim"], "seconds": round(time.time() - t)})
+        "victim_config": ev["victim"], "seconds": round(time.time() - t),
+        "delta_sha256": r.get("delta_sha256")})  # the poison it trained on (a restored craft may have none)
   return {"method": method, "seed": seed, "victim": victim, "clean_dir": str(clean_dir), "craft": crafted,
           **evaluated}
 

@@ -187,9 +187,10 @@ def test_records_outlive_the_run_directories(seeds_mod, tmp_path, capsys):
   assert again["feature_mi"] == before["feature_mi"] and again["clean_feature_mi"]["gaussian"] is None
   assert json.loads((work / "table.json").read_text())["table"] == first["table"]
   # The craft's record keeps its poison's digest: a poison crafted again differently is refused.
+  # So does each victim's record: the poison it trained on.
   craft_rec = records / "random-seed1-craft.json"
-  assert json.loads(craft_rec.read_text())["record"]["delta_sha256"] == json.loads(
-      (work / "random" / "seed1" / "results.json").read_text())["delta_sha256"]
+  digest = json.loads((work / "random" / "seed1" / "results.json").read_text())["delta_sha256"]
+  assert json.loads(craft_rec.read_text())["record"]["delta_sha256"] == digest == again["delta_sha256"]
   tampered = json.loads(craft_rec.read_text())
   tampered["record"]["delta_sha256"] = "0" * 64
   craft_rec.write_text(json.dumps(tampered))
