@@ -181,9 +181,10 @@ class Phase:
     ``results.json`` (process 0) and returns it."""
     mesh = self.dataset.mesh
     self.write_config()
+    this_process = time.time() - self.t0
     results = {**results, "num_devices": int(mesh.devices.size),
-               "seconds": round(self.seconds(), 2), "seconds_this_process": round(time.time() - self.t0, 2),
-               "config_hash": self.config_hash}
+               "seconds": round(self._seconds_before + this_process, 2),
+               "seconds_this_process": round(this_process, 2), "config_hash": self.config_hash}
     if self.main:
       config_lib.write_json_atomic(self.workdir / "results.json", results)
     return results
