@@ -354,15 +354,18 @@ def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c,
     mi = ev.get("feature_mi", {})
     acc = ev["test_accuracy"]
     if clean_known is None:  # the clean victim trained (or was restored) beside the poisoned one
-      clean_known = _store(clean_path, recipe, {"accuracy": acc["clean"]})
+      clean_known = _store(clean_path, recipe, {"accuracy": acc["clean"],
+                                                "seconds": ev.get("seconds", {}).get("clean")})
     evaluated = _store(eval_path, eval_key, {
         "accuracy": acc["poisoned"], "clean_accuracy": clean_known["accuracy"],
         "feature_mi": {e: mi.get("poisoned", {}).get(e) for e in ESTIMATORS},
         "clean_feature_mi": {e: mi.get("clean", {}).get(e) for e in ESTIMATORS},
-        "victim_config": ev["victim"], "seconds": round(time.time() - t),
+        "victim_config": ev["victim"],
+        "seconds": round(ev.get("seconds", {}).get("poisoned") or time.time() - t),  # over its processes
         "delta_sha256": r.get("delta_sha256")})  # the poison it trained on (a restored craft may have none)
+  clean_seconds = (_stored(clean_path, recipe) or {}).get("seconds")  # older clean records lack it
   return {"method": method, "seed": seed, "victim": victim, "clean_dir": str(clean_dir), "craft": crafted,
-          **evaluated}
+          "clean_seconds": clean_seconds, **evaluated}
 
 
 def main(argv=None) -> int:
@@ -436,7 +439,8 @@ def write_outputs(work: pathlib.Path, args, overrides, methods, seeds, runs, sec
   work.mkdir(parents=True, exist_ok=True)
   extra = " ".join(f"--config.{o}" for o in overrides) or "-"
   craft_s = sum({(r["method"], r["seed"]): r["craft"]["seconds"] or 0 for r in runs}.values())
-  victim_s = sum(r["seconds"] or 0 for r in runs)  # None: a restored record without its time
+  victim_s = (sum(r["seconds"] or 0 for r in runs)  # None: a restored record without its time
+              + sum({r["clean_dir"]: r.get("clean_seconds") or 0 for r in runs}.values()))  # each clean victim once
   head = (f"variant `{args.variant}`, methods {', '.join(methods)}, crafting seeds {seeds} (victim seed = crafting "
           f"seed), eps {args.eps if args.eps is not None else 'per method'}, extra arguments `{extra}`; "
           f"{len(runs)} runs: crafting {craft_s / 60:.1f} min and victims {victim_s / 60:.1f} min as recorded, "

@@ -165,6 +165,9 @@ def test_records_outlive_the_run_directories(seeds_mod, tmp_path, capsys):
   clean_names = [f"clean-{pathlib.Path(r['clean_dir']).name}.json" for r in first["runs"]]  # clean-mlp-seed<s>-<recipe>
   assert sorted(stored) == sorted([*clean_names, "random-seed0-craft.json", "random-seed0-mlp.json",
                                    "random-seed1-craft.json", "random-seed1-mlp.json"])
+  for r, name in zip(first["runs"], clean_names):  # each clean victim's record keeps its training time
+    trained = json.loads((pathlib.Path(r["clean_dir"]) / "results.json").read_text())
+    assert json.loads(stored[name])["record"]["seconds"] == r["clean_seconds"] == trained["seconds"]
   shutil.rmtree(work)
   assert seeds_mod.main(args) == 0  # nothing to train: no run directory comes back
   assert not (work / "random").exists() and not (work / "clean").exists()
@@ -186,6 +189,8 @@ def test_records_outlive_the_run_directories(seeds_mod, tmp_path, capsys):
   assert again["accuracy"] == before["accuracy"] and again["clean_accuracy"] == before["clean_accuracy"]
   assert again["feature_mi"] == before["feature_mi"] and again["clean_feature_mi"]["gaussian"] is None
   assert json.loads((work / "table.json").read_text())["table"] == first["table"]
+  trained = json.loads((work / "random" / "seed1-mlp" / "poisoned" / "results.json").read_text())
+  assert again["seconds"] == round(trained["seconds"])  # the victim's own time, over its processes
   # The craft's record keeps its poison's digest: a poison crafted again differently is refused.
   # So does each victim's record: the poison it trained on.
   craft_rec = records / "random-seed1-craft.json"
