@@ -4,7 +4,7 @@ methods compared by Welch intervals over the seeds rather than by single runs.
 
   python experiments/unlearnable_seeds.py --variant fashion_mnist_mini --workdir runs/ue_seeds \\
       [--seeds 0,1,2] [--methods em_sample,em_class,mi_ue,mi_ue_fixed,random] [--eps 0.3] \\
-      [--depth-victims mlp,resnet18:width=8] [--records DIR] [--table-only]
+      [--depth-victims mlp,resnet18:width=8] [--only-victims LABELS] [--records DIR] [--table-only]
       [--config.<section>.<field>=<value> ...]
 
 Methods (``METHODS``): ``em_sample`` (experiments/em.py, sample-wise), ``em_sample_ref``
@@ -23,6 +23,9 @@ every run after that (they may set the step sizes themselves) and before the see
 ``--depth-victims``: victims of other architectures trained on the same poisons
 (``model[:key=value...]``, the keys going to ``victim.model_kwargs``), each with its own
 clean victims; each craft's victims train right after it (seed by seed, method by method).
+``--only-victims``: the victims trained this time, by their labels in the table (``resnet18``,
+``small_cnn(width=32)``); the others' rows come from their records where they exist, and nothing
+of theirs runs (e.g. the cheap depth victims of every cell first, the costly ones later).
 
 Every craft and victim is a resumable run directory under ``--workdir``; a run whose record
 (``records/*.json``, keyed by the hash of its config) exists is not run again. ``--records DIR``
@@ -88,6 +91,20 @@ def parse_victim(text: str) -> tuple[str, list[str]]:
   model, *kwargs = text.split(":")
   label = model + (f"({','.join(kwargs)})" if kwargs else "")
   return label, overrides
+
+
+def split_labels(text: str) -> list[str]:
+  """``"resnet18,small_cnn(width=32,depth=3)"`` -> ``["resnet18", "small_cnn(width=32,depth=3)"]``:
+  commas inside parentheses belong to a label."""
+  out, depth, cur = [], 0, ""
+  for ch in text:
+    depth += (ch == "(") - (ch == ")")
+    if ch == "," and depth == 0:
+      out.append(cur)
+      cur = ""
+    else:
+      cur += ch
+  return [x.strip() for x in [*out, cur] if x.strip()]
 
 
 def method_config(method: str, variant: str, overrides: Sequence[str] = (), seed: int = 0, eps: float | None = None,
@@ -379,6 +396,9 @@ def main(argv=None) -> int:
   p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma list of {', '.join(METHODS)}")
   p.add_argument("--eps", type=float, default=None, help="radius; scales the step sizes (default: each method's)")
   p.add_argument("--depth-victims", default="", help="comma list of model[:key=value...] victims on the same poisons")
+  p.add_argument("--only-victims", default="",
+                 help="comma list of victim labels (as in the table) trained this time; the others' rows come "
+                      "from their records only")
   p.add_argument("--records", default=None,
                  help="directory of the run records (default WORKDIR/records); records outlive the run directories")
   p.add_argument("--table-only", action="store_true", help="run nothing: the table of the runs already recorded")
@@ -406,12 +426,17 @@ def main(argv=None) -> int:
   try:
     main_label = method_config(methods[0], args.variant, overrides, eps=args.eps).victim.model
     victim_list = [(main_label, []), *depth]
+    labels = [label for label, _ in victim_list]
+    only = split_labels(args.only_victims) or labels
+    unknown = [v for v in only if v not in labels]
+    if unknown:
+      raise ValueError(f"--only-victims: unknown victim(s) {unknown}; this run's victims are {labels}")
     runs = []
     for seed in seeds:  # every victim of a craft right after it: a craft's directory is needed only then
       for m in methods:
         for label, victim_overrides in victim_list:
           c = method_config(m, args.variant, overrides, seed, args.eps, victim_overrides)
-          r = run_one(work, m, seed, label, c, records, args.table_only)
+          r = run_one(work, m, seed, label, c, records, args.table_only or label not in only)
           if r is None:
             continue
           runs.append(r)

@@ -202,3 +202,26 @@ def test_records_outlive_the_run_directories(seeds_mod, tmp_path, capsys):
   (records / "random-seed1-mlp.json").unlink()
   assert seeds_mod.main(args) == 1
   assert "is not the recorded one" in capsys.readouterr().err and not (records / "random-seed1-mlp.json").exists()
+
+
+def test_only_victims_trains_the_listed_victims_and_reads_the_others_from_records(seeds_mod, tmp_path, capsys):
+  """--only-victims: a depth victim alone first, the main victim later; the first is not trained
+  again, and an unknown label is refused before anything runs."""
+  assert seeds_mod.split_labels("resnet18,small_cnn(width=32,depth=3)") == ["resnet18", "small_cnn(width=32,depth=3)"]
+  work, records = tmp_path / "work", tmp_path / "records"
+  args = ["--workdir", str(work), "--records", str(records), "--seeds", "0", "--methods", "random",
+          "--eps", "0.3", "--depth-victims", "mlp:width=8", "--config.data.train_subset=256",
+          "--config.victim.model=mlp", "--config.victim.model_kwargs.width=16", "--config.victim.epochs=1",
+          "--config.victim.batch_size=64", "--config.evaluate.feature_mi_examples=0",
+          "--config.runtime.progress=false", "--config.export.preview=false"]
+  assert seeds_mod.main([*args, "--only-victims", "nope"]) == 1
+  assert "--only-victims: unknown victim(s) ['nope']" in capsys.readouterr().err and not records.exists()
+  assert seeds_mod.main([*args, "--only-victims", "mlp(width=8)"]) == 0
+  assert not (work / "random" / "seed0-mlp").exists() and (work / "random" / "seed0-mlp(width=8)").is_dir()
+  assert (records / "random-seed0-mlp(width=8).json").exists() and not (records / "random-seed0-mlp.json").exists()
+  assert [r["victim"] for r in json.loads((work / "table.json").read_text())["runs"]] == ["mlp(width=8)"]
+  depth_record = (records / "random-seed0-mlp(width=8).json").read_text()
+  assert seeds_mod.main(args) == 0  # every victim: the main one trains, the depth one is read back
+  assert (records / "random-seed0-mlp.json").exists()
+  assert (records / "random-seed0-mlp(width=8).json").read_text() == depth_record
+  assert sorted(r["victim"] for r in json.loads((work / "table.json").read_text())["runs"]) == ["mlp", "mlp(width=8)"]
