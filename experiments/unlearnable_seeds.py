@@ -345,6 +345,7 @@ def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c,
   craft_dir, clean_dir, recipe = k["craft_dir"], k["clean_dir"], k["recipe"]
   (craft_path, craft_key), (eval_path, eval_key), clean_path = k["craft"], k["eval"], k["clean"]
   crafted, evaluated = _stored(craft_path, craft_key), _stored(eval_path, eval_key)
+  clean_known = _stored(clean_path, recipe)
   if recorded_only and (crafted is None or evaluated is None):
     return None
   if crafted is None or evaluated is None:
@@ -363,26 +364,23 @@ def run_one(work: pathlib.Path, method: str, seed: int, victim: str, c,
                        f"{craft_path.parent} to record this craft and train all its victims again")
     crafted = crafted or _store(craft_path, craft_key, fresh)
   if evaluated is None:
-    clean_known = _stored(clean_path, recipe)
     if clean_known is not None and not (clean_dir / "results.json").exists():
       c.evaluate.clean = False
     t = time.time()
     ev = victims.evaluate(c, work / method / f"seed{seed}-{victim}")
     mi = ev.get("feature_mi", {})
-    acc = ev["test_accuracy"]
+    acc, took = ev["test_accuracy"], ev.get("seconds", {})
     if clean_known is None:  # the clean victim trained (or was restored) beside the poisoned one
-      clean_known = _store(clean_path, recipe, {"accuracy": acc["clean"],
-                                                "seconds": ev.get("seconds", {}).get("clean")})
+      clean_known = _store(clean_path, recipe, {"accuracy": acc["clean"], "seconds": took.get("clean")})
     evaluated = _store(eval_path, eval_key, {
         "accuracy": acc["poisoned"], "clean_accuracy": clean_known["accuracy"],
         "feature_mi": {e: mi.get("poisoned", {}).get(e) for e in ESTIMATORS},
         "clean_feature_mi": {e: mi.get("clean", {}).get(e) for e in ESTIMATORS},
         "victim_config": ev["victim"],
-        "seconds": round(ev.get("seconds", {}).get("poisoned") or time.time() - t),  # over its processes
+        "seconds": round(took.get("poisoned") or time.time() - t),  # over its processes
         "delta_sha256": r.get("delta_sha256")})  # the poison it trained on (a restored craft may have none)
-  clean_seconds = (_stored(clean_path, recipe) or {}).get("seconds")  # older clean records lack it
   return {"method": method, "seed": seed, "victim": victim, "clean_dir": str(clean_dir), "craft": crafted,
-          "clean_seconds": clean_seconds, **evaluated}
+          "clean_seconds": (clean_known or {}).get("seconds"), **evaluated}  # older clean records lack it
 
 
 def main(argv=None) -> int:
