@@ -253,6 +253,32 @@ def test_get_accepts_kwargs_and_aliases():
   assert models.get("mlp", 10, dtype="bfloat16").dtype == jnp.bfloat16
 
 
+def test_resnet_input_norm_is_normalising_the_input_first():
+  """``input_norm="imagenet"`` (MI-UE's reference surrogate) equals the plain ResNet applied to
+  (x - mean) / std with the same variables; bad presets and channel counts are refused, and
+  crafting's hash of a user module tells the two apart although the ``repr`` does not."""
+  from jaxprotect.unlearnable import crafting
+
+  plain = models.get("resnet18", 10, width=4)
+  normed = models.get("resnet18", 10, width=4, input_norm="imagenet")
+  x = _x(SHAPES["cifar"], seed=3)
+  v = plain.init(jax.random.key(0), x, train=False)
+  assert jax.tree.map(jnp.shape, normed.init(jax.random.key(0), x, train=False)) == jax.tree.map(jnp.shape, v)
+  mean, std = jnp.array([0.485, 0.456, 0.406]), jnp.array([0.229, 0.224, 0.225])
+  want = plain.apply(v, (x - mean) / std, train=False)
+  got = normed.apply(v, x, train=False)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(plain.apply(v, x, train=False)[0], got[0], atol=1e-3)
+  with pytest.raises(ValueError, match="input_norm.*'cifar'"):
+    models.get("resnet18", 10, input_norm="cifar")
+  with pytest.raises(ValueError, match="3 input channels"):
+    normed.init(jax.random.key(0), _x(SHAPES["fmnist"]), train=False)
+  assert repr(plain) == repr(models.get("resnet18", 10, width=4, input_norm=""))  # hashes of old modules stay
+  assert crafting._module_key(plain) == repr(plain)
+  assert crafting._module_key(normed) != crafting._module_key(plain)
+
+
 @pytest.mark.parametrize("shape", [(3, 8, 8, 4), (2, 7, 9, 3)])
 def test_max_pool_2x2_equals_flax_max_pool_with_ties(shape):
   """Value, VJP (ties go to the first maximum in row-major order) and JVP of the fast

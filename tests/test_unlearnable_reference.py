@@ -88,7 +88,9 @@ def test_mi_ue_reference_variant_has_the_reference_values():
   # today's MI-UE settings stay the default variant
   assert (today.victim.epochs, today.victim.optimizer.lr, today.evaluate.quantize, today.craft.reshuffle) == (
       60, 0.1, "", "auto")
-  assert _cfg("mi_ue.py:fashion_mnist_mini,reference").craft.max_iterations == 100
+  assert s.model_kwargs.input_norm == "imagenet" and "input_norm" not in today.surrogate.model_kwargs
+  fm = _cfg("mi_ue.py:fashion_mnist_mini,reference")  # one channel: no ImageNet statistics
+  assert fm.craft.max_iterations == 100 and "input_norm" not in fm.surrogate.model_kwargs
   for bad in ("cifar10,classwise", "cifar10,reference,random"):
     with pytest.raises(ValueError, match="unknown option"):
       _cfg(f"mi_ue.py:{bad}")

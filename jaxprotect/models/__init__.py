@@ -8,7 +8,8 @@ argument. Contract of every zoo model (used functionally)::
   logits_BxK, feats_BxD = model.apply(variables, x, train=False)
   (logits, feats), new_state = model.apply(variables, x, train=True, mutable=['batch_stats'])  # BN models
 
-``x`` is float in [0, 1] with any H, W, C (no normalisation inside); ``logits`` and ``feats``
+``x`` is float in [0, 1] with any H, W, C (no normalisation inside, unless a ResNet's
+``input_norm`` names a per-channel preset, e.g. ``"imagenet"``); ``logits`` and ``feats``
 (penultimate features, input of the final Dense) are float32 whatever the compute ``dtype``;
 parameters are always float32. ``width`` shrinks/grows every model (base channels or hidden size).
 ``grad_sum_dtype`` ("compute", the default, or "float32") is the dtype in which the
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprotect import platform
-from jaxprotect.models.common import GRAD_SUM_DTYPES, check_grad_sum_dtype
+from jaxprotect.models.common import GRAD_SUM_DTYPES, INPUT_NORMS, check_grad_sum_dtype, check_input_norm
 from jaxprotect.models.contract import Model, as_model, check_outputs, features_of
 from jaxprotect.models.convnet import ConvNet
 from jaxprotect.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -37,8 +38,8 @@ from jaxprotect.models.vgg import VGG
 from jaxprotect.models.wide_resnet import WideBlock, WideResNet
 
 __all__ = [
-    "GRAD_SUM_DTYPES", "BasicBlock", "Bottleneck", "ConvNet", "MLP", "Model", "ResNet", "SmallCNN", "VGG", "WideBlock",
-    "WideResNet",
+    "GRAD_SUM_DTYPES", "INPUT_NORMS", "BasicBlock", "Bottleneck", "ConvNet", "MLP", "Model", "ResNet", "SmallCNN",
+    "VGG", "WideBlock", "WideResNet",
     "as_model", "check_outputs", "count_params", "features_of", "from_config", "get", "has_batch_stats",
     "init_variables", "names",
 ]
@@ -81,8 +82,9 @@ def get(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
   grad_sum_dtype, ...).
 
   Names are case-insensitive. ``dtype`` may be a string ("float32", "bfloat16"). Raises
-  ``ValueError`` for an unknown name (the message lists the known ones), ``num_classes < 2``
-  or a ``grad_sum_dtype`` other than "compute" and "float32".
+  ``ValueError`` for an unknown name (the message lists the known ones), ``num_classes < 2``,
+  a ``grad_sum_dtype`` other than "compute" and "float32", or an ``input_norm`` that is not a
+  preset of ``INPUT_NORMS``.
   """
   key = name.lower()
   if key not in _REGISTRY:
@@ -93,6 +95,8 @@ def get(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     kwargs["dtype"] = _as_dtype(kwargs["dtype"])
   if "grad_sum_dtype" in kwargs:
     check_grad_sum_dtype(kwargs["grad_sum_dtype"])
+  if "input_norm" in kwargs:
+    check_input_norm(kwargs["input_norm"])
   return _REGISTRY[key](num_classes=int(num_classes), **kwargs)
 
 

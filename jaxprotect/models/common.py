@@ -119,6 +119,37 @@ def classifier(num_classes: int, dtype: Any, name: str = "head",
   return dense(num_classes, dtype=dtype, param_dtype=PARAM_DTYPE, kernel_init=torch_default_init, name=name)
 
 
+# Per-channel (mean, std) presets of ``input_norm``: the model computes (x - mean) / std first.
+# "imagenet" is torchvision's, which MI-UE's reference surrogate applies inside its ResNet-18
+# (hala64/mi-ue, models/resnet.py: NormalizeByChannelMeanStd).
+INPUT_NORMS = {"": None, "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
+
+def input_norm_field() -> Any:
+  """The ``input_norm`` field: ``""`` (none) by default, left out of the module's ``repr`` for
+  the reason ``grad_sum_dtype_field`` gives."""
+  return dataclasses.field(default="", repr=False)
+
+
+def check_input_norm(input_norm: Any) -> None:
+  """ValueError unless ``input_norm`` names a preset of ``INPUT_NORMS``."""
+  if not isinstance(input_norm, str) or input_norm not in INPUT_NORMS:
+    raise ValueError(f"input_norm: expected one of {', '.join(map(repr, INPUT_NORMS))}, got {input_norm!r}")
+
+
+def normalize_input(x_BxHxWxC: jax.Array, input_norm: str) -> jax.Array:
+  """``(x - mean) / std`` per channel for the preset ``input_norm`` (``x`` unchanged for ``""``);
+  ValueError for an unknown preset or a channel count other than the preset's."""
+  check_input_norm(input_norm)
+  if not input_norm:
+    return x_BxHxWxC
+  mean, std = INPUT_NORMS[input_norm]
+  if x_BxHxWxC.shape[-1] != len(mean):
+    raise ValueError(f"input_norm={input_norm!r} expects {len(mean)} input channels, got x of shape "
+                     f"{tuple(x_BxHxWxC.shape)}")
+  return (x_BxHxWxC - jnp.asarray(mean, x_BxHxWxC.dtype)) / jnp.asarray(std, x_BxHxWxC.dtype)
+
+
 def check_num_classes(num_classes: int) -> None:
   if num_classes < 2:
     raise ValueError(f"num_classes must be >= 2, got {num_classes}")

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from jaxprotect.models.common import (
     batch_norm, check_num_classes, classifier, conv_layer, default_conv, default_norm, dense_layer, global_avg_pool,
-    grad_sum_dtype_field, outputs, same_conv)
+    grad_sum_dtype_field, input_norm_field, normalize_input, outputs, same_conv)
 
 
 
@@ -89,6 +89,8 @@ class ResNet(nn.Module):
   average pooling. ``conv`` and ``norm`` build every convolution and BatchNorm (blocks included).
   ``grad_sum_dtype``: "compute" or "float32", the dtype of the convolution and head
   parameter gradients and of their sums across devices (``models.common``).
+  ``input_norm``: ``""`` (the zoo's convention: no normalisation inside) or a per-channel preset
+  of ``models.common.INPUT_NORMS`` applied to ``x`` first (``"imagenet"``: 3 channels).
   """
   num_classes: int
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -99,6 +101,7 @@ class ResNet(nn.Module):
   conv: Callable[..., nn.Module] = default_conv
   norm: Callable[..., nn.Module] = default_norm
   grad_sum_dtype: str = grad_sum_dtype_field()
+  input_norm: str = input_norm_field()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -109,7 +112,7 @@ class ResNet(nn.Module):
     conv_factory = conv_layer(self.conv, self.dtype, self.grad_sum_dtype)
     conv = functools.partial(same_conv, conv_factory, dtype=self.dtype)
     norm = functools.partial(batch_norm, train, self.dtype, norm=self.norm)
-    x = x.astype(self.dtype)
+    x = normalize_input(x.astype(self.dtype), self.input_norm)
     if self.stem == "cifar":
       x = conv(self.width, 3, 1, name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))

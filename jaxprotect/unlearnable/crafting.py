@@ -178,6 +178,15 @@ def _module_of(model: Any) -> Any:
   return model.module if isinstance(model, models.Model) else model
 
 
+def _module_key(model: Any) -> str:
+  """What crafting hashes of a user's surrogate module: its ``repr`` (which lists its fields),
+  plus a non-default ``input_norm``, a field the ``repr`` leaves out so that the hashes of
+  modules built before it existed stay as they were."""
+  module = _module_of(model)
+  norm = getattr(module, "input_norm", "")
+  return repr(module) if not norm else f"{module!r} input_norm={norm!r}"
+
+
 def crafting_sections(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The sections crafting computes from: ``data``, ``surrogate``, ``craft``, and the
   method's own section when it has one (``pue``; ``baseline`` for ar, lsp and ops)."""
@@ -192,7 +201,7 @@ def crafting_hash(config: ml_collections.ConfigDict, model: Any = None) -> str:
   """The hash of what crafting computes: ``config.phase_hash`` of ``data``, ``surrogate``
   and ``craft``, and of a user's surrogate module (its ``repr``, which lists its fields)
   when one is given."""
-  extra = {} if model is None else {"user_model": repr(_module_of(model))}
+  extra = {} if model is None else {"user_model": _module_key(model)}
   return config_lib.phase_hash(config, crafting_sections(config), **extra)
 
 
@@ -330,7 +339,7 @@ def craft(
     delta = init(k_delta, shape, c.eps, ds.train.images)
   else:
     delta = jax.jit(pgd.init_delta, static_argnums=(1, 2), out_shardings=sharding)(k_delta, shape, c.eps)
-  user = None if user_model is None else {"user_model": repr(model.module)}
+  user = None if user_model is None else {"user_model": _module_key(model)}
   phase = run.Phase(workdir, "craft", config, dataset=ds, total=c.max_iterations, unit="iter",
                     sections=crafting_sections(config), hash_extra=user, record=user)
   if c.method == "random":  # the papers' control: the initial uniform noise, uncrafted, no surrogate
