@@ -272,6 +272,8 @@ def test_resnet_input_norm_is_normalising_the_input_first():
   assert not np.allclose(plain.apply(v, x, train=False)[0], got[0], atol=1e-3)
   with pytest.raises(ValueError, match="input_norm.*'cifar'"):
     models.get("resnet18", 10, input_norm="cifar")
+  with pytest.raises(ValueError, match="ResNets only"):
+    models.get("vgg11", 10, input_norm="imagenet")
   with pytest.raises(ValueError, match="3 input channels"):
     normed.init(jax.random.key(0), _x(SHAPES["fmnist"]), train=False)
   assert repr(plain) == repr(models.get("resnet18", 10, width=4, input_norm=""))  # hashes of old modules stay

@@ -97,6 +97,10 @@ def get(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     check_grad_sum_dtype(kwargs["grad_sum_dtype"])
   if "input_norm" in kwargs:
     check_input_norm(kwargs["input_norm"])
+    cls = getattr(_REGISTRY[key], "func", _REGISTRY[key])
+    if not (isinstance(cls, type) and issubclass(cls, ResNet)):
+      raise ValueError(f"model {name!r}: input_norm is a field of the ResNets only, got input_norm="
+                       f"{kwargs['input_norm']!r}")
   return _REGISTRY[key](num_classes=int(num_classes), **kwargs)
 
 
