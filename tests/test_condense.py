@@ -221,6 +221,25 @@ def test_resumed_condensation_equals_an_uninterrupted_one_bitwise(method):
     assert set(run(method, 0, real_ids=ids).init_ids.tolist()) <= set(ids.tolist())
 
 
+def test_clear_compiled_drops_each_class_compositions_programs_and_keeps_the_results():
+  """The programs' shapes follow the real set's class sizes, so each class composition
+  compiles its own and JAX keeps them all (LiRA's halves of a pool, condensed one after
+  another, ran a long ``jaxprotect mia`` out of memory maps); ``clear_compiled`` drops them,
+  and a condensation after it is bitwise the one before."""
+  _, x, y = tiny_data()
+  cd.clear_compiled()
+  first = run("dm", 2)
+  assert cd._STEP._cache_size() == 1
+  sub = np.setdiff1d(np.arange(len(y)), np.flatnonzero(y == 0)[:8])  # class 0 halved
+  cd.condense("dm", x[sub], y[sub], IPC, 2, jax.random.PRNGKey(0), model=tiny_model(), **OPTIONS["dm"])
+  assert cd._STEP._cache_size() == 2
+  cd.clear_compiled()
+  assert cd._STEP._cache_size() == cd._init._cache_size() == 0
+  again = run("dm", 2)
+  np.testing.assert_array_equal(np.asarray(again.images), np.asarray(first.images))
+  np.testing.assert_array_equal(again.losses, first.losses)
+
+
 @pytest.mark.parametrize("method", ["dc", "dsa"])
 def test_host_loop_iterations_equal_the_one_program_form(method):
   """A DC/DSA iteration whose outer and inner loops run from the host (the CPU default)

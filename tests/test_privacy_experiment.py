@@ -64,6 +64,7 @@ def _steps(path):
 def test_mia_phase_writes_its_table_and_resumes_cell_by_cell(tiny_npz, tmp_path):
   mesh = parallel.make_mesh(1)
   whole = ex.run_mia(tiny_config(tiny_npz), tmp_path / "whole", mesh)
+  assert cd._STEP._cache_size() == 0  # each half's condensation programs were dropped after it
   for f in ("results.json", "table.md", "table.json", "roc_real.png", "roc_random.png", "roc_dm.png"):
     assert (tmp_path / "whole" / f).is_file(), f
   table = (tmp_path / "whole" / "table.md").read_text()

@@ -68,7 +68,7 @@ from jaxprotect.privacy.dsa import DSAConfig, default_strategy, dsa_apply, dsa_p
 __all__ = [
     "CondenseConfig", "CondenseState", "Condensed", "DISTANCES", "INITS", "LOOPS", "METHODS", "Normalization",
     "RealData", "condense", "condense_config", "evaluate_synthetic", "gradient_match_distance", "init_state",
-    "make_step", "real_data", "synthetic_labels", "train_on_sets",
+    "clear_compiled", "make_step", "real_data", "synthetic_labels", "train_on_sets",
 ]
 
 METHODS = ("dc", "dsa", "dm")
@@ -607,6 +607,16 @@ def make_step(config: CondenseConfig) -> Callable[[CondenseState, RealData], tup
   return step
 
 
+def clear_compiled() -> None:
+  """Drops the compiled programs of condensation (``condense``, ``make_step``,
+  ``init_state``). Their shapes follow the real data (its largest and smallest class), so
+  each new class composition compiles its own programs, and JAX keeps them all: a loop
+  that condenses many subsets (e.g. LiRA's halves of a pool) calls this between subsets to
+  keep the process's memory bounded. Results do not change; the next call compiles again."""
+  for fn in (_init, _STEP, _host_start, _host_match, _host_inner_epoch, _host_finish):
+    fn.clear_cache()
+
+
 # ---------------------------------------------------------------------------------------
 # The driver
 # ---------------------------------------------------------------------------------------
@@ -652,7 +662,9 @@ def condense(method: str, real_images: Any, real_labels: Any, ipc: int, iteratio
   checkpoint) to continue from; ``key`` and ``init`` are then unused, and the run ends
   bitwise equal to an uninterrupted one. callback: called with the state after every
   ``every`` iterations (e.g. to checkpoint it). ``options`` go to ``condense_config``
-  (model, strategy, flip, loops, batch_real, lr_img, ...).
+  (model, strategy, flip, loops, batch_real, lr_img, ...). Calls on real sets of the same
+  class sizes share their compiled programs; a loop over many subsets calls
+  ``clear_compiled`` between them.
 
   ValueError for an unknown method or init (listing the accepted ones), ``ipc`` above the
   smallest class, or a ``resume`` state of another shape.

@@ -341,6 +341,7 @@ def _cell(config, name: str, ctx: dict[str, Any], workdir: pathlib.Path) -> dict
         st["done_condense"] = np.int32(m + 1)
         phase.log(m + 1, advance=1, condense_loss=float(st["losses"][m]))
         save(m + 1)
+        condense_lib.clear_compiled()  # each half's class sizes compile their own programs
     per = config.mia.models_per_chunk or m_total
     keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(t.seed), i) for i in range(m_total)])
     keys = jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys
